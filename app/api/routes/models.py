@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+
+from app.api.deps import RegistryDep
+from app.errors import ApiError
+from app.registry import UnknownModel
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.get("")
+async def list_models(registry: RegistryDep) -> dict:
+    return {"models": [registry.describe(name) for name in registry.names()]}
+
+
+@router.get("/{name}")
+async def get_model(name: str, registry: RegistryDep) -> dict:
+    try:
+        return registry.describe(name)
+    except UnknownModel:
+        raise ApiError(404, "unknown_model", f'no model named "{name}"') from None
+
+
+@router.post("/{name}/reload")
+async def reload_model(name: str, registry: RegistryDep) -> dict:
+    """Rescan ``models_dir/<name>`` now and serve its newest loadable version."""
+    if not (registry.models_dir / name).is_dir():
+        raise ApiError(404, "unknown_model", f'no model directory "{name}" under the models directory')
+    await asyncio.to_thread(registry.refresh, name)
+    return registry.describe(name)

@@ -1,0 +1,91 @@
+"""The FastAPI application: settings -> threads -> registry -> service -> routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+
+from app import metrics
+from app.api.routes import health, models, segment
+from app.config import Settings
+from app.errors import install_handlers
+from app.registry import ModelRegistry, RunnerFactory
+from app.service import SegmentationService
+from segcore.threads import apply_thread_env
+
+log = logging.getLogger("app")
+
+
+def runner_factory(settings: Settings) -> RunnerFactory:
+    if settings.backend == "inprocess":
+        from segcore.runner import SavedModelRunner
+
+        return SavedModelRunner
+    raise ValueError(f"backend {settings.backend!r} is not available in this build")
+
+
+async def _poll(registry: ModelRegistry, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(registry.refresh)
+        except Exception:  # a broken models_dir must not kill the poller
+            log.exception("model_poll_failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    # Before TensorFlow runs its first op: pool sizes are fixed from then on.
+    apply_thread_env(intra_op=settings.intra_op_threads, inter_op=settings.inter_op_threads)
+    if settings.tmp_dir is not None:
+        Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
+    registry = ModelRegistry(settings.models_dir, runner_factory(settings))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.models_dir.is_dir():
+            raise RuntimeError(f"SEG_MODELS_DIR {settings.models_dir} is not a directory")
+        await asyncio.to_thread(registry.refresh)
+        if not registry.ready():
+            log.warning("no_model_loaded models_dir=%s", settings.models_dir)
+        poller = asyncio.create_task(_poll(registry, settings.poll_seconds)) if settings.poll_seconds > 0 else None
+        yield
+        if poller is not None:
+            poller.cancel()
+
+    app = FastAPI(title="Brain-tumour MRI segmentation", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = SegmentationService(
+        registry,
+        max_concurrent=settings.max_concurrent_inferences,
+        queue_size=settings.queue_size,
+        max_voxels=settings.max_voxels,
+    )
+    install_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(segment.router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        if request.url.path == "/segment":
+            log.info(
+                "request path=%s status=%s ms=%.0f", request.url.path, response.status_code,
+                (time.perf_counter() - started) * 1000,
+            )
+        return response
+
+    return app

@@ -1,0 +1,101 @@
+"""The segmentation service: one study in, one answer out, with bounded concurrency.
+
+Blocking work (reading, TensorFlow, writing) runs in worker threads so the event loop keeps answering
+``/healthz``. At most ``max_concurrent_inferences`` studies are segmented at once and at most
+``queue_size`` wait; beyond that the answer is 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from app import metrics
+from app.errors import ApiError
+from app.outputs import summary, write_nifti
+from app.registry import LoadedModel, ModelRegistry, UnknownModel
+from app.study import read_study
+from app.uploads import UploadedFile
+from segcore.pipeline import segment
+
+log = logging.getLogger("app.service")
+
+
+@dataclass
+class Answer:
+    model: LoadedModel
+    mask: sitk.Image
+    timings_ms: dict[str, float]
+    path: Path | None = None  # written mask file, for file formats
+    body: dict | None = None  # JSON summary
+
+
+class Limiter:
+    """A semaphore with a bounded waiting room."""
+
+    def __init__(self, slots: int, queue_size: int) -> None:
+        self._semaphore = asyncio.Semaphore(slots)
+        self._queue_size = queue_size
+        self._waiting = 0
+
+    async def __aenter__(self) -> None:
+        if self._semaphore.locked() and self._waiting >= self._queue_size:
+            raise ApiError(503, "busy", "all inference slots are busy and the queue is full; retry shortly",
+                           headers={"Retry-After": "2"})
+        self._waiting += 1
+        metrics.QUEUE_DEPTH.set(self._waiting)
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self._waiting -= 1
+            metrics.QUEUE_DEPTH.set(self._waiting)
+        metrics.IN_FLIGHT.inc()
+
+    async def __aexit__(self, *exc: object) -> None:
+        metrics.IN_FLIGHT.dec()
+        self._semaphore.release()
+
+
+class SegmentationService:
+    def __init__(self, registry: ModelRegistry, *, max_concurrent: int, queue_size: int, max_voxels: int) -> None:
+        self.registry = registry
+        self.limiter = Limiter(max_concurrent, queue_size)
+        self.max_voxels = max_voxels
+
+    def resolve(self, name: str, version: int | None) -> LoadedModel:
+        """The model a request will run on, fixed before the upload is read."""
+        try:
+            return self.registry.get(name, version)
+        except UnknownModel:
+            known = ", ".join(self.registry.names()) or "none"
+            what = f'model "{name}"' + (f" version {version}" if version is not None else "")
+            raise ApiError(404, "unknown_model", f"{what} is not loaded; loaded models: {known}") from None
+
+    async def segment(self, model: LoadedModel, files: list[UploadedFile], out_dir: Path, fmt: str) -> Answer:
+        t0 = time.perf_counter()
+        images = await asyncio.to_thread(read_study, files, model.card, self.max_voxels)
+        read_ms = (time.perf_counter() - t0) * 1000
+        async with self.limiter:
+            result = await asyncio.to_thread(segment, images, model.runner)
+        timings = {"read": read_ms, **result.timings_ms}
+        metrics.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
+        t1 = time.perf_counter()
+        answer = Answer(model, result.mask, timings)
+        if fmt == "nifti":
+            answer.path = await asyncio.to_thread(write_nifti, result.mask, out_dir)
+        timings["write"] = (time.perf_counter() - t1) * 1000
+        for stage, ms in timings.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(ms / 1000)
+        if fmt == "json":
+            answer.body = await asyncio.to_thread(summary, result.mask, model.card, timings)
+        log.info(
+            "segmented model=%s version=%s size=%s %s",
+            model.name, model.version, "x".join(map(str, result.mask.GetSize())),
+            " ".join(f"{k}_ms={v:.0f}" for k, v in timings.items()),
+        )
+        return answer

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv at the repo root and install the project with the given extras (idempotent: a stamp
+# file per extras set is refreshed only when pyproject.toml changes).
+#   scripts/bootstrap.sh serve          # what `make serve` needs
+#   scripts/bootstrap.sh serve,train,dev  # what `make test` needs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-serve}"
+python_bin="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+  "$python_bin" -m venv .venv
+fi
+stamp=".venv/.installed-${extras//,/-}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[${extras}]"
+  # tensorflow-serving-api pins the 570 MB `tensorflow` wheel; its real needs (grpcio, protobuf) come
+  # with tensorflow-cpu, so it is installed without dependencies.
+  .venv/bin/python -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.*"
+  touch "$stamp"
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run the whole suite. Pytest's exit code 5 ("no tests
+# collected") is an error here: an empty selection must never pass.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh serve,train,dev || exit 1
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,145 @@
+"""The model card: what a published model version promises to the pipeline that runs it.
+
+A card sits at ``models/<name>/<version>/assets.extra/model_card.json`` next to the SavedModel. The
+pipeline reads geometry, normalization, tiling and label semantics from it, so a model trained at other
+settings is served correctly without code changes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CARD_RELPATH = Path("assets.extra") / "model_card.json"
+WARMUP_RELPATH = Path("assets.extra") / "tf_serving_warmup_requests"
+
+Modality = Literal["t1", "t1c", "t2", "flair"]
+MODALITY_ALIASES: dict[str, str] = {"t1ce": "t1c", "t1gd": "t1c"}
+
+
+class Normalization(BaseModel):
+    """Intensity normalization applied per input channel before the network.
+
+    ``zscore_brain``: z-score over the brain, where the brain is every voxel that differs from the
+    image's background value (see :func:`segcore.normalization.brain_mask`). This is not "nonzero":
+    some archives store already z-scored images whose background is a negative constant.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["zscore_brain"] = "zscore_brain"
+    clip: float = Field(5.0, gt=0, description="clip normalized values to [-clip, clip]")
+
+
+class Tiling(BaseModel):
+    """How a volume is cut into network inputs.
+
+    2D models see whole axial slices cropped to the brain's bounding box and padded up to a multiple of
+    ``divisor`` (the network's total downsampling factor). 3D models see patches of ``patch_size``
+    voxels with fractional ``overlap``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    divisor: int = Field(16, ge=1, description="spatial sizes are padded to a multiple of this")
+    patch_size: list[int] | None = Field(None, description="3D patch size (z, y, x) in voxels")
+    overlap: float = Field(0.5, ge=0, lt=1)
+    crop_to_brain: bool = True
+    margin: int = Field(8, ge=0, description="voxels kept around the brain when cropping")
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[str] = []
+    train_cases: list[str] = []
+    validation_cases: list[str] = []
+    licence_notes: list[str] = []
+
+
+class ThreadSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    intra_op: int | None = None
+    inter_op: int | None = None
+    onednn: bool | None = None
+
+
+class ModelCard(BaseModel):
+    """Schema of ``assets.extra/model_card.json``; see DESIGN §2."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: int = Field(ge=1)
+    dims: Literal[2, 3]
+    modalities: list[Modality] = Field(min_length=1)
+    orientation: str = Field("LPS", description="ITK orientation code the model was trained in")
+    spacing_mm: list[float] = Field(description="voxel spacing (x, y, z) in mm the model was trained at")
+    tiling: Tiling = Tiling()
+    normalization: Normalization = Normalization()
+    labels: dict[int, str] = Field(description="output label value -> name; 0 (background) implicit")
+    activation: Literal["sigmoid", "softmax"] = "sigmoid"
+    threshold: float = Field(0.5, gt=0, lt=1)
+    input_name: str = "image"
+    output_name: str = "probabilities"
+    provenance: Provenance = Provenance()
+    validation_dice: dict[str, float] = {}
+    threads: ThreadSettings = ThreadSettings()
+    description: str = ""
+
+    @field_validator("orientation")
+    @classmethod
+    def _orientation_code(cls, value: str) -> str:
+        value = value.upper()
+        axes = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
+        if len(value) != 3 or any(c not in axes for c in value) or len({axes[c] for c in value}) != 3:
+            raise ValueError(f'orientation must be a 3-letter code such as "LPS" or "RAS", not "{value}"')
+        return value
+
+    @field_validator("spacing_mm")
+    @classmethod
+    def _spacing(cls, value: list[float]) -> list[float]:
+        if len(value) != 3 or any(s <= 0 for s in value):
+            raise ValueError(f'spacing_mm must be three strictly positive numbers, not "{value}"')
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[int, str]) -> dict[int, str]:
+        if not value or any(k <= 0 or k > 255 for k in value):
+            raise ValueError(f"labels must map values 1..255 to names, not {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if self.activation == "sigmoid" and len(self.labels) != 1:
+            raise ValueError("a sigmoid model has exactly one output label")
+        if self.dims == 3 and not self.tiling.patch_size:
+            raise ValueError("a 3D model card needs tiling.patch_size")
+        return self
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the ``probabilities`` output: 1 for sigmoid, labels + background for softmax."""
+        return 1 if self.activation == "sigmoid" else len(self.labels) + 1
+
+    @classmethod
+    def load(cls, version_dir: Path) -> ModelCard:
+        return cls.model_validate_json((Path(version_dir) / CARD_RELPATH).read_text())
+
+    def write(self, version_dir: Path) -> Path:
+        path = Path(version_dir) / CARD_RELPATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path
+
+
+def canonical_modality(field_name: str) -> str:
+    """Map an upload field name (``t1ce``, ``FLAIR``) to the card's modality name."""
+    name = field_name.strip().lower()
+    return MODALITY_ALIASES.get(name, name)

@@ -1,0 +1,31 @@
+"""Thread settings must be in place before TensorFlow creates its pools (at first import/use)."""
+
+from __future__ import annotations
+
+import os
+
+
+def apply_thread_env(
+    intra_op: int | None = None,
+    inter_op: int | None = None,
+    omp_num_threads: int | None = None,
+    kmp_blocktime: int | None = None,
+    onednn: bool | None = None,
+) -> None:
+    """Set OMP/KMP/oneDNN environment variables, then TensorFlow's pool sizes.
+
+    Call before any TensorFlow op runs. The environment part only takes effect if TensorFlow has not
+    been imported yet, which is why CLIs call this first thing.
+    """
+    if omp_num_threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(omp_num_threads)
+    if kmp_blocktime is not None:
+        os.environ["KMP_BLOCKTIME"] = str(kmp_blocktime)
+    if onednn is not None:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
+    import tensorflow as tf
+
+    if intra_op is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)

@@ -1,0 +1,121 @@
+"""Shared fixtures: paths to real data (read in place, never copied), the bundled model, and a real
+uvicorn server on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+MODELS_DIR = REPO / "models"
+BUNDLED_MODEL = "brats-wt-flair"
+
+
+def shared_case(*parts: str) -> Path:
+    """A file or folder under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (../shared/data is read in place, never copied)")
+    return path
+
+
+def bundled_version_dir() -> Path:
+    root = MODELS_DIR / BUNDLED_MODEL
+    versions = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True) if root.is_dir() else []
+    if not versions:
+        pytest.fail(f"the bundled model {root} is missing from the repository")
+    return root / str(versions[0])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    tmp_dir: Path
+    log_path: Path
+    process: subprocess.Popen
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(tmp: Path, env_overrides: dict[str, str] | None = None, wait_ready: bool = True) -> Server:
+    """``python -m app`` in a subprocess on a free loopback port, as a user would start it."""
+    port = free_port()
+    staging = tmp / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "SEG_HOST": "127.0.0.1",
+        "SEG_PORT": str(port),
+        "SEG_MODELS_DIR": str(MODELS_DIR),
+        "SEG_TMP_DIR": str(staging),
+        "SEG_MAX_UPLOAD_MB": "16",
+        "SEG_POLL_SECONDS": "0",
+        "SEG_INTRA_OP_THREADS": "2",
+        "SEG_INTER_OP_THREADS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **(env_overrides or {}),
+    }
+    log_path = tmp / "server.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+    )
+    server = Server(f"http://127.0.0.1:{port}", staging, log_path, process)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            r = httpx.get(server.url + ("/readyz" if wait_ready else "/healthz"), timeout=2)
+            if r.status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"server did not become ready in 120 s:\n{server.log()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server for the app tests (bundled model, 16 MB upload limit)."""
+    srv = start_server(tmp_path_factory.mktemp("server"))
+    yield srv
+    stop_server(srv)
+
+
+def wait_empty(directory: Path, timeout: float = 5.0) -> list[str]:
+    """Entries left in ``directory`` after ``timeout`` (responses clean up after they are sent)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = sorted(os.listdir(directory))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)

@@ -1,0 +1,85 @@
+"""Train a tiny U-Net on a few real slices, export it, and load it back as the service would."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from segcore.card import WARMUP_RELPATH, ModelCard
+from segcore.runner import SavedModelRunner
+from tests.conftest import shared_case
+from training.config import TrainConfig
+from training.convert import convert_case
+from training.datasets import find_case
+from training.export import export_version
+from training.train import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    shards = tmp / "shards"
+    shards.mkdir()
+    for folder in (("brats2018_deepvoxnet2", "case_1"), ("brats2018_deepvoxnet2", "case_2")):
+        case = find_case(shared_case(*folder), ["flair"])
+        shard = convert_case(case, ["flair"], "LPS", [1.0, 1.0, 1.0], "whole_tumour")
+        keep = slice(60, 90)  # a few real slices through the tumours keep this fast
+        sliced = {k: (v[keep] if k in ("image", "label", "brain", "slices") else v) for k, v in shard.items()}
+        np.savez(shards / f"{case.case_id}.npz", **sliced)
+    config = TrainConfig.model_validate(
+        {
+            "name": "tiny-wt",
+            "modalities": ["flair"],
+            "data": {"shards": shards, "train": ["case_1"], "validation": ["case_2"], "patch": 64},
+            "network": {"depth": 2, "base_filters": 4},
+            "optim": {"epochs": 3, "steps_per_epoch": 12, "batch_size": 4, "learning_rate": 3e-3},
+            "threads": {"intra_op": 2, "inter_op": 1},
+            "models_dir": tmp / "models",
+            "run_dir": tmp / "runs",
+        }
+    )
+    summary = train(config, quiet=True)
+    return config, summary
+
+
+def test_loss_goes_down_and_curves_are_written(tiny_run):
+    config, summary = tiny_run
+    history = json.loads((config.run_dir / "tiny-wt" / "history.json").read_text())
+    assert len(history) == 3
+    assert history[-1]["loss"] < history[0]["first_loss"]
+    assert all(0.0 <= h["val_dice"] <= 1.0 for h in history)
+    png = (config.run_dir / "tiny-wt" / "training_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (config.run_dir / "tiny-wt" / "checkpoints" / "best.weights.h5").is_file()
+
+
+def test_export_is_a_loadable_savedmodel_with_a_valid_card_and_warmup(tiny_run):
+    config, summary = tiny_run
+    version_dir = config.models_dir / "tiny-wt" / "1"
+    assert summary["exported"] == str(version_dir)
+    assert not [p for p in version_dir.parent.iterdir() if p.name.startswith(".tmp")]
+    card = ModelCard.load(version_dir)
+    assert (card.name, card.version, card.dims, card.modalities) == ("tiny-wt", 1, 2, ["flair"])
+    assert card.provenance.validation_cases == ["case_2"] and card.validation_dice["mean"] >= 0
+    runner = SavedModelRunner(version_dir)
+    for h, w in ((64, 64), (96, 128)):  # unknown spatial sizes: any multiple of 2**depth
+        out = runner.predict(np.zeros((1, h, w, 1), dtype=np.float32))
+        assert out.shape == (1, h, w, 1) and out.dtype == np.float32
+        assert np.all((out >= 0) & (out <= 1))
+    records = list(tf.data.TFRecordDataset(str(version_dir / WARMUP_RELPATH)))
+    assert records
+    request = prediction_log_pb2.PredictionLog.FromString(records[0].numpy()).predict_log.request
+    assert request.model_spec.name == "tiny-wt"
+    assert tf.make_ndarray(request.inputs["image"]).shape[-1] == 1
+
+
+def test_published_versions_are_immutable(tiny_run):
+    config, _ = tiny_run
+    card = ModelCard.load(config.models_dir / "tiny-wt" / "1")
+    from training.unet import build_unet_2d
+
+    with pytest.raises(FileExistsError):
+        export_version(build_unet_2d(1, 1, depth=2, base_filters=2), card, config.models_dir)
+    assert not [p for p in (config.models_dir / "tiny-wt").iterdir() if p.name.startswith(".tmp")]
