@@ -11,12 +11,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 
-from app import metrics
+from app import __version__, metrics
 from app.api.routes import health, models, segment
+from app.archives import ArchiveLimits
 from app.config import Settings
 from app.errors import install_handlers
 from app.registry import ModelRegistry, RunnerFactory
 from app.service import SegmentationService
+from app.study import StudyLimits
 from segcore.threads import apply_thread_env
 
 log = logging.getLogger("app")
@@ -41,9 +43,7 @@ async def _poll(registry: ModelRegistry, seconds: float) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # Before TensorFlow runs its first op: pool sizes are fixed from then on.
     apply_thread_env(intra_op=settings.intra_op_threads, inter_op=settings.inter_op_threads)
     if settings.tmp_dir is not None:
@@ -62,13 +62,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if poller is not None:
             poller.cancel()
 
-    app = FastAPI(title="Brain-tumour MRI segmentation", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Brain-tumour MRI segmentation", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.service = SegmentationService(
         registry,
         max_concurrent=settings.max_concurrent_inferences,
         queue_size=settings.queue_size,
-        max_voxels=settings.max_voxels,
+        limits=StudyLimits(
+            max_voxels=settings.max_voxels,
+            archive=ArchiveLimits(
+                max_members=settings.max_archive_members,
+                max_total_bytes=int(settings.max_unzipped_mb * 2**20),
+                max_ratio=settings.max_compression_ratio,
+            ),
+        ),
     )
     install_handlers(app)
     app.include_router(health.router)
@@ -83,7 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         if request.url.path == "/segment":
             log.info(
-                "request path=%s status=%s ms=%.0f", request.url.path, response.status_code,
+                "request path=%s status=%s ms=%.0f",
+                request.url.path,
+                response.status_code,
                 (time.perf_counter() - started) * 1000,
             )
         return response

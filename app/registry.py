@@ -160,7 +160,10 @@ class ModelRegistry:
                         state.loaded[version] = loaded
                         log.info(
                             "model_loaded model=%s version=%s load_ms=%.0f warmup_ms=%.0f",
-                            root.name, version, loaded.load_ms, loaded.warmup_ms,
+                            root.name,
+                            version,
+                            loaded.load_ms,
+                            loaded.warmup_ms,
                         )
                 newest = max(state.loaded, default=None)
                 state.served = state.loaded[newest] if newest is not None else None  # the atomic swap

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from app import metrics
+from app import __version__, metrics
 from app.errors import ApiError
-from app.outputs import summary, write_nifti
+from app.outputs import overlay_png, summary, write_dicom_seg, write_nifti
 from app.registry import LoadedModel, ModelRegistry, UnknownModel
-from app.study import read_study
+from app.study import Study, StudyLimits, read_study
 from app.uploads import UploadedFile
 from segcore.pipeline import segment
 
@@ -31,8 +31,9 @@ class Answer:
     model: LoadedModel
     mask: sitk.Image
     timings_ms: dict[str, float]
-    path: Path | None = None  # written mask file, for file formats
-    body: dict | None = None  # JSON summary
+    path: Path | None = None  # written mask file (nifti, dicom-seg)
+    body: dict | None = None  # JSON summary (json)
+    png: bytes | None = None  # overlay preview (png)
 
 
 class Limiter:
@@ -45,8 +46,12 @@ class Limiter:
 
     async def __aenter__(self) -> None:
         if self._semaphore.locked() and self._waiting >= self._queue_size:
-            raise ApiError(503, "busy", "all inference slots are busy and the queue is full; retry shortly",
-                           headers={"Retry-After": "2"})
+            raise ApiError(
+                503,
+                "busy",
+                "all inference slots are busy and the queue is full; retry shortly",
+                headers={"Retry-After": "2"},
+            )
         self._waiting += 1
         metrics.QUEUE_DEPTH.set(self._waiting)
         try:
@@ -62,10 +67,10 @@ class Limiter:
 
 
 class SegmentationService:
-    def __init__(self, registry: ModelRegistry, *, max_concurrent: int, queue_size: int, max_voxels: int) -> None:
+    def __init__(self, registry: ModelRegistry, *, max_concurrent: int, queue_size: int, limits: StudyLimits) -> None:
         self.registry = registry
         self.limiter = Limiter(max_concurrent, queue_size)
-        self.max_voxels = max_voxels
+        self.limits = limits
 
     def resolve(self, name: str, version: int | None) -> LoadedModel:
         """The model a request will run on, fixed before the upload is read."""
@@ -77,17 +82,29 @@ class SegmentationService:
             raise ApiError(404, "unknown_model", f"{what} is not loaded; loaded models: {known}") from None
 
     async def segment(self, model: LoadedModel, files: list[UploadedFile], out_dir: Path, fmt: str) -> Answer:
+        """Read, segment and write one study; ``fmt`` is one of ``FORMATS``."""
         t0 = time.perf_counter()
-        images = await asyncio.to_thread(read_study, files, model.card, self.max_voxels)
+        study: Study = await asyncio.to_thread(read_study, files, model.card, self.limits)
+        first = model.card.modalities[0]
+        if fmt == "dicom-seg" and first not in study.dicom:
+            raise ApiError(
+                422, "dicom_seg_needs_dicom", f'format=dicom-seg needs "{first}" as a DICOM series, not a NIfTI file'
+            )
         read_ms = (time.perf_counter() - t0) * 1000
         async with self.limiter:
-            result = await asyncio.to_thread(segment, images, model.runner)
+            result = await asyncio.to_thread(segment, study.images, model.runner)
         timings = {"read": read_ms, **result.timings_ms}
         metrics.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
         t1 = time.perf_counter()
         answer = Answer(model, result.mask, timings)
         if fmt == "nifti":
             answer.path = await asyncio.to_thread(write_nifti, result.mask, out_dir)
+        elif fmt == "dicom-seg":
+            answer.path = await asyncio.to_thread(
+                write_dicom_seg, result.mask, study.dicom[first], model.card, out_dir, __version__
+            )
+        elif fmt == "png":
+            answer.png = await asyncio.to_thread(overlay_png, study.images[first], result.mask, model.card)
         timings["write"] = (time.perf_counter() - t1) * 1000
         for stage, ms in timings.items():
             metrics.STAGE_SECONDS.labels(stage).observe(ms / 1000)
@@ -95,7 +112,9 @@ class SegmentationService:
             answer.body = await asyncio.to_thread(summary, result.mask, model.card, timings)
         log.info(
             "segmented model=%s version=%s size=%s %s",
-            model.name, model.version, "x".join(map(str, result.mask.GetSize())),
+            model.name,
+            model.version,
+            "x".join(map(str, result.mask.GetSize())),
             " ".join(f"{k}_ms={v:.0f}" for k, v in timings.items()),
         )
         return answer

@@ -12,10 +12,13 @@ import gzip
 import struct
 import zlib
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 
+from app.archives import ArchiveLimits, extract_zip
+from app.dicom import DicomSeries, read_series
 from app.errors import ApiError
 from app.uploads import UploadedFile
 from segcore.card import MODALITY_ALIASES, ModelCard, canonical_modality
@@ -110,10 +113,50 @@ def read_nifti(upload: UploadedFile, kind: str, max_voxels: int) -> sitk.Image:
     return image
 
 
-def read_study(files: list[UploadedFile], card: ModelCard, max_voxels: int) -> dict[str, sitk.Image]:
+@dataclass
+class Study:
+    """The images the model needs, by modality, and the DICOM headers of modalities sent as DICOM."""
+
+    images: dict[str, sitk.Image]
+    dicom: dict[str, DicomSeries] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyLimits:
+    max_voxels: int = 512 * 512 * 512
+    archive: ArchiveLimits = ArchiveLimits()
+
+
+def _read_modality(modality: str, uploads: list[UploadedFile], limits: StudyLimits) -> sitk.Image | DicomSeries:
+    kinds = [sniff(u) for u in uploads]
+    label = f'"{modality}"'
+    if set(kinds) <= {"nifti", "nifti-gz"}:
+        if len(uploads) != 1:
+            raise ApiError(422, "too_many_files", f"{label} has {len(uploads)} NIfTI files; send one volume")
+        return read_nifti(uploads[0], kinds[0], limits.max_voxels)
+    if kinds == ["zip"]:
+        upload = uploads[0]
+        extracted = extract_zip(
+            upload.path,
+            upload.path.with_name(upload.path.name + ".unzipped"),
+            f'the zip "{upload.filename}" for {label}',
+            limits.archive,
+        )
+        return read_series(extracted, f'the DICOM series in "{upload.filename}" ({modality})', limits.max_voxels)
+    if set(kinds) == {"dicom"}:
+        return read_series([(u.filename, u.path) for u in uploads], f"the DICOM series for {label}", limits.max_voxels)
+    raise ApiError(
+        422,
+        "mixed_inputs",
+        f"{label} mixes file kinds ({', '.join(sorted(set(kinds)))}); send one NIfTI, one zip, or DICOM files",
+    )
+
+
+def read_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) -> Study:
     """Group uploads by modality field, read each, and check the card's modalities are all there.
 
-    Images of further modalities must overlap the first one physically; the pipeline resamples them.
+    Images of further modalities must overlap the first one physically; the pipeline resamples them
+    onto the first one's grid.
     """
     by_field: dict[str, list[UploadedFile]] = defaultdict(list)
     for upload in files:
@@ -129,21 +172,21 @@ def read_study(files: list[UploadedFile], card: ModelCard, max_voxels: int) -> d
             "missing_modality",
             f"model {card.name} v{card.version} needs {', '.join(card.modalities)}; missing: {', '.join(missing)}",
         )
-    images: dict[str, sitk.Image] = {}
+    study = Study(images={})
     for modality in card.modalities:
-        uploads = by_field[modality]
-        kinds = [sniff(u) for u in uploads]
-        if kinds[0] in ("dicom", "zip"):
-            raise ApiError(415, "unsupported_file", f'DICOM input for "{modality}" is not supported by this build')
-        if len(uploads) != 1:
-            raise ApiError(422, "too_many_files", f'"{modality}" has {len(uploads)} files; send one NIfTI volume')
-        images[modality] = read_nifti(uploads[0], kinds[0], max_voxels)
-    first = images[card.modalities[0]]
+        result = _read_modality(modality, by_field[modality], limits)
+        if isinstance(result, DicomSeries):
+            study.dicom[modality] = result
+            study.images[modality] = result.image
+        else:
+            study.images[modality] = result
+    first = study.images[card.modalities[0]]
     for modality in card.modalities[1:]:
-        if not same_grid(first, images[modality]) and not physical_overlap(first, images[modality]):
+        other = study.images[modality]
+        if not same_grid(first, other) and not physical_overlap(first, other):
             raise ApiError(
                 422,
                 "modalities_do_not_overlap",
                 f'"{modality}" does not overlap "{card.modalities[0]}" in space; they are not the same study',
             )
-    return images
+    return study

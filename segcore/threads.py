@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger(__name__)
 
 
 def apply_thread_env(
@@ -25,7 +28,14 @@ def apply_thread_env(
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
     import tensorflow as tf
 
-    if intra_op is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-    if inter_op is not None:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    threading = tf.config.threading
+    for wanted, getter, setter in (
+        (intra_op, threading.get_intra_op_parallelism_threads, threading.set_intra_op_parallelism_threads),
+        (inter_op, threading.get_inter_op_parallelism_threads, threading.set_inter_op_parallelism_threads),
+    ):
+        if wanted is None or getter() == wanted:
+            continue
+        try:
+            setter(wanted)
+        except RuntimeError:  # TensorFlow already ran an op in this process: its pools are fixed
+            log.warning("thread setting %s=%s ignored: TensorFlow is already initialized", setter.__name__, wanted)

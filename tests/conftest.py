@@ -105,8 +105,18 @@ def stop_server(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One real server for the app tests (bundled model, 16 MB upload limit)."""
-    srv = start_server(tmp_path_factory.mktemp("server"))
+    """One real server for the app tests: the bundled model plus ``bright-t1``, a tiny real SavedModel
+    that marks bright T1 voxels (for geometry checks on the real T1 DICOM series); 16 MB upload limit."""
+    from tests.helpers import make_threshold_model
+
+    tmp = tmp_path_factory.mktemp("server")
+    models = tmp / "models"
+    models.mkdir()
+    (models / BUNDLED_MODEL).symlink_to(MODELS_DIR / BUNDLED_MODEL, target_is_directory=True)
+    make_threshold_model(models, name="bright-t1", modality="t1")
+    srv = start_server(
+        tmp, {"SEG_MODELS_DIR": str(models), "SEG_MAX_ARCHIVE_MEMBERS": "500", "SEG_MAX_UNZIPPED_MB": "64"}
+    )
     yield srv
     stop_server(srv)
 

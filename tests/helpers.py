@@ -34,7 +34,9 @@ def synthetic_head(shape_zyx=(40, 72, 64), spacing=(1.0, 1.0, 1.0)) -> tuple[sit
     return image, mask
 
 
-def make_threshold_model(models_dir: Path, name: str = "bright", version: int = 1, divisor: int = 8) -> Path:
+def make_threshold_model(
+    models_dir: Path, name: str = "bright", version: int = 1, divisor: int = 8, modality: str = "flair"
+) -> Path:
     """Publish a SavedModel whose ``probabilities`` are sigmoid(8 * (image - 2)): after the brain
     z-score, the bright tumour (z >> 2) is foreground and normal tissue is not."""
     import tensorflow as tf
@@ -51,7 +53,7 @@ def make_threshold_model(models_dir: Path, name: str = "bright", version: int = 
         name=name,
         version=version,
         dims=2,
-        modalities=["flair"],
+        modalities=[modality],
         spacing_mm=[1.0, 1.0, 1.0],
         tiling=Tiling(divisor=divisor, margin=4),
         labels={1: "bright"},

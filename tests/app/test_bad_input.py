@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from tests.conftest import shared_case, wait_empty
+from tests.dicom_fixtures import epi_files, mprage_files, retagged, symlink_zip, zip_files, zip_of
 
 
 def _nifti_bytes(image: sitk.Image, tmp_path, name="img.nii.gz") -> bytes:
@@ -101,6 +102,83 @@ def _cases(tmp_path):
             "unknown_format",
         ),
         ("too-large", {"files": {"flair": ("big.nii.gz", os.urandom(17 * 2**20))}}, 413, "upload_too_large"),
+        *_dicom_cases(real),
+    ]
+
+
+def _dicom_cases(real_nifti: bytes):
+    """Archive and DICOM series cases, posted to ``bright-t1`` (a T1 model) under the ``t1`` field."""
+    mprage = mprage_files()
+    some = mprage[40:60]
+    t1 = {"params": {"model": "bright-t1"}}
+
+    def post(files, **extra):
+        return {**t1, "files": files, **extra}
+
+    damaged = bytearray(zip_files(some[:3]))
+    damaged[40:400] = os.urandom(360)
+    truncated = some[5].read_bytes()
+    bomb = zip_of([("bomb.dcm", bytes(40 * 2**20))])  # 40 MB of zeros: ~1000x compression
+    many = zip_of([(f"f{i}.dcm", b"x") for i in range(600)])
+    return [
+        ("corrupt-zip", post({"t1": ("s.zip", bytes(damaged))}), 400, "corrupt_file"),
+        ("zip-header-only", post({"t1": ("s.zip", b"PK\x03\x04" + os.urandom(200))}), 400, "corrupt_file"),
+        ("empty-zip", post({"t1": ("s.zip", zip_of([]))}), 422, "empty_archive"),
+        ("zip-bomb", post({"t1": ("bomb.zip", bomb)}), 413, "archive_too_large"),
+        ("zip-too-many-members", post({"t1": ("many.zip", many)}), 413, "archive_too_large"),
+        (
+            "zip-path-traversal",
+            post({"t1": ("s.zip", zip_of([("../../evil.dcm", some[0].read_bytes())]))}),
+            422,
+            "unsafe_archive",
+        ),
+        (
+            "zip-absolute-path",
+            post({"t1": ("s.zip", zip_of([("/tmp/evil.dcm", some[0].read_bytes())]))}),
+            422,
+            "unsafe_archive",
+        ),
+        ("zip-symlink", post({"t1": ("s.zip", symlink_zip())}), 422, "unsafe_archive"),
+        (
+            "non-dicom-in-zip",
+            post(
+                {"t1": ("s.zip", zip_of([(p.name, p.read_bytes()) for p in some[:4]] + [("notes.txt", b"scan notes")]))}
+            ),
+            422,
+            "not_dicom",
+        ),
+        ("nifti-in-dicom-zip", post({"t1": ("s.zip", zip_of([("vol.nii.gz", real_nifti)]))}), 422, "not_dicom"),
+        ("mixed-series", post({"t1": ("s.zip", zip_files(some[:5] + epi_files()[:5]))}), 422, "mixed_series"),
+        ("4d-dicom", post({"t1": ("epi.zip", zip_files(epi_files()))}), 422, "multi_temporal"),
+        ("missing-slices", post({"t1": ("s.zip", zip_files(some[:8] + some[9:]))}), 422, "missing_slices"),
+        ("single-dicom-slice", post({"t1": (some[0].name, some[0].read_bytes())}), 422, "single_slice"),
+        (
+            "non-mr-modality",
+            post({"t1": ("ct.zip", zip_of([(p.name, retagged(p, Modality="CT")) for p in some[:4]]))}),
+            422,
+            "not_mr",
+        ),
+        (
+            "truncated-dicom-pixels",
+            post(
+                [("t1", (p.name, p.read_bytes())) for p in some[:5]]
+                + [("t1", ("cut.dcm", truncated[: len(truncated) - 40000]))]
+            ),
+            400,
+            "corrupt_file",
+        ),
+        (
+            "dicom-and-nifti-mixed",
+            post([("t1", (some[0].name, some[0].read_bytes())), ("t1", ("v.nii.gz", real_nifti))]),
+            422,
+            "mixed_inputs",
+        ),
+        (
+            "dicom-seg-for-nifti",
+            {"params": {"format": "dicom-seg"}, "files": {"flair": ("f.nii.gz", real_nifti)}},
+            422,
+            "dicom_seg_needs_dicom",
+        ),
     ]
 
 

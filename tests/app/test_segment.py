@@ -47,7 +47,8 @@ def test_json_answer_reports_volumes_model_and_timings(server):
     case = shared_case("brats2015_deepmedic", "brats_2013_pat0003_1")  # validation case
     with server.client() as client:
         r = client.post(
-            "/segment", params={"format": "json"},
+            "/segment",
+            params={"format": "json"},
             files={"flair": ("Flair.nii.gz", (case / "Flair_subtrMeanDivStd.nii.gz").read_bytes())},
         )
     assert r.status_code == 200, r.text

@@ -20,8 +20,10 @@ async def readyz(registry: RegistryDep):
     """A model is loaded and warmed."""
     if not registry.ready():
         return error_response(503, "not_ready", "no model is loaded yet", headers={"Retry-After": "5"})
-    return {"status": "ready", "models": {n: registry.state(n).served.version for n in registry.names()
-                                          if registry.state(n).served}}
+    return {
+        "status": "ready",
+        "models": {n: registry.state(n).served.version for n in registry.names() if registry.state(n).served},
+    }
 
 
 @router.get("/metrics")

@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 
 from app.api.deps import ServiceDep, SettingsDep
@@ -14,7 +14,7 @@ from app.uploads import receive_files
 
 router = APIRouter(tags=["segment"])
 
-FORMATS = ("nifti", "json")
+FORMATS = ("nifti", "json", "png", "dicom-seg")
 
 
 @router.post("/segment")
@@ -22,7 +22,9 @@ async def segment_study(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
-    format: str = Query("nifti", description="nifti (mask .nii.gz) or json (volumes, timings)"),
+    format: str = Query(
+        "nifti", description="nifti (mask .nii.gz), json (volumes, timings), png (overlay), dicom-seg (DICOM inputs)"
+    ),
     model: str | None = Query(None, description="model name (default: SEG_DEFAULT_MODEL)"),
     version: int | None = Query(None, ge=1, description="model version (default: the served one)"),
 ):
@@ -48,15 +50,17 @@ async def segment_study(
         "X-Model-Version": str(loaded.version),
         "X-Inference-Ms": f"{answer.timings_ms.get('infer', 0.0):.1f}",
     }
-    if format == "json":
+    if format in ("json", "png"):
         shutil.rmtree(work, ignore_errors=True)
-        return JSONResponse(answer.body, headers=headers)
+        if format == "json":
+            return JSONResponse(answer.body, headers=headers)
+        return Response(answer.png, media_type="image/png", headers=headers)
     # The file is streamed after this returns; the directory goes once it has been sent.
+    media, name = ("application/gzip", "mask.nii.gz") if format == "nifti" else ("application/dicom", "mask.seg.dcm")
     return FileResponse(
         answer.path,
-        media_type="application/gzip",
-        filename="mask.nii.gz",
+        media_type=media,
+        filename=name,
         headers=headers,
         background=BackgroundTask(shutil.rmtree, work, ignore_errors=True),
     )
-
