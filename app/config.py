@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -16,7 +17,18 @@ class Settings(BaseSettings):
     default_model: str = Field("brats-wt-flair", description="model used when a request names none")
     backend: Literal["inprocess", "tfserving"] = "inprocess"
     tfserving_target: str = Field("localhost:8500", description="host:port of TF Serving's gRPC API")
+    tfserving_timeout_seconds: float = Field(30.0, gt=0, description="gRPC deadline of one Predict call (one tile)")
+    tfserving_max_message_mb: int = Field(
+        256, ge=4, description="gRPC send/receive limit; gRPC's 4 MB default is one 512x512x4 float32 tile"
+    )
     poll_seconds: float = Field(30.0, ge=0, description="models_dir rescan period; 0 disables polling")
+    keep_versions: int = Field(
+        2, ge=1, description="newest loadable versions kept loaded per model (TF Serving's latest{num_versions})"
+    )
+    pinned_versions: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="model -> version served instead of the latest, as 'name=3,other=1' or JSON",
+    )
     max_upload_mb: float = Field(512.0, gt=0, description="request body limit, checked while streaming")
     max_voxels: int = Field(512 * 512 * 512, gt=0, description="refuse larger images before reading voxels")
     max_archive_members: int = Field(4096, gt=0, description="entries allowed in one uploaded zip")
@@ -30,6 +42,33 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
+
+    @field_validator("pinned_versions", mode="before")
+    @classmethod
+    def _parse_pins(cls, value: object) -> object:
+        """Accept ``name=3,other=1`` (what fits in a compose file) as well as JSON or a mapping."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return {}
+        if text.startswith("{"):
+            return json.loads(text)
+        pins: dict[str, str] = {}
+        for item in text.split(","):
+            name, sep, version = item.partition("=")
+            if not sep or not name.strip() or not version.strip():
+                raise ValueError(f'SEG_PINNED_VERSIONS entries look like "name=3", not "{item.strip()}"')
+            pins[name.strip()] = version.strip()
+        return pins
+
+    @field_validator("pinned_versions")
+    @classmethod
+    def _positive_pins(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {name: v for name, v in value.items() if v < 1}
+        if bad:
+            raise ValueError(f"pinned versions must be positive integers, not {bad}")
+        return value
 
     @property
     def max_upload_bytes(self) -> int:

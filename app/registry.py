@@ -2,34 +2,52 @@
 
 ``models_dir`` has the TF Serving layout ``<name>/<version>/``. A version is *complete* when its
 ``saved_model.pb`` and model card exist (the exporter publishes by renaming a finished directory into
-place, so a complete directory is never half written). :meth:`ModelRegistry.refresh` loads the newest
-complete version of each model beside the one being served, warms it with its own
-``tf_serving_warmup_requests``, and only then makes it the served version with one assignment. Requests
-hold a reference to the :class:`LoadedModel` they started with, so they finish on it.
+place, so a complete directory is never half written). :meth:`ModelRegistry.refresh` applies the version
+policy to what is on disk:
+
+- **latest** (default, TF Serving's ``latest { num_versions: N }``): the ``keep_versions`` newest loadable
+  versions stay loaded and the newest of them is served. Requests may ask for any loaded version.
+- **pinned** (``pinned={"name": 3}``): version 3 is served whatever else is published; the newest
+  ``keep_versions`` stay loaded beside it so they can be tried with ``version=N``. If the pinned version is
+  missing or broken the model serves nothing, as TF Serving does: a pin is an operator's explicit choice.
+
+A new version is loaded beside the ones in use, validated (card, signature), warmed with its own
+``tf_serving_warmup_requests``, and only then made the served version with one assignment. Requests hold a
+reference to the :class:`LoadedModel` they started with, so they finish on it; a version dropped from the
+registry (superseded, or its directory removed) is *unloading* until the last such request lets go of it,
+then *unloaded* (logged). A version that fails to load or warm is recorded as failed, counted and logged,
+and never served; it is retried only if its directory is replaced (a new inode or mtime).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from app import metrics
-from segcore.card import WARMUP_RELPATH, ModelCard
+from segcore.card import CARD_RELPATH, WARMUP_RELPATH, ModelCard
 from segcore.runner import Runner
 
 log = logging.getLogger("app.registry")
 
 RunnerFactory = Callable[[Path, ModelCard], Runner]
+"""Builds a runner for ``(version_dir, card)``. An exception with a true ``retryable`` attribute means
+"the backend cannot tell yet" (TF Serving still starting): the version is retried on the next refresh
+instead of being marked failed."""
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedModel:
+    """One loaded, warmed version. Requests keep a reference to it for as long as they run on it."""
+
     name: str
     version: int
     path: Path
@@ -39,12 +57,25 @@ class LoadedModel:
     warmup_ms: float
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a version could not be served, and which directory (inode, mtime) that verdict is about."""
+
+    error: str
+    stamp: tuple[int, int]
+
+
 @dataclass
 class ModelState:
+    """A model's versions. Refreshes replace these containers instead of mutating them, so a reader
+    (a request, ``describe``) iterating one never sees it change under it."""
+
     name: str
     served: LoadedModel | None = None
     loaded: dict[int, LoadedModel] = field(default_factory=dict)
-    failed: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, Failure] = field(default_factory=dict)
+    # Dropped from the registry but still referenced by requests in flight; gone once they finish.
+    unloading: weakref.WeakValueDictionary[int, LoadedModel] = field(default_factory=weakref.WeakValueDictionary)
 
 
 class UnknownModel(LookupError):
@@ -52,44 +83,87 @@ class UnknownModel(LookupError):
 
 
 def complete_versions(model_root: Path) -> list[int]:
-    """Numbered version directories holding a SavedModel and a card, ascending."""
+    """Numbered version directories holding a SavedModel and a card, ascending.
+
+    Hidden directories (``.tmp-2-ab12cd34``, an export in progress) are not numbers and never match.
+    """
     versions = []
     for entry in model_root.iterdir() if model_root.is_dir() else []:
         if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0:
-            if (entry / "saved_model.pb").is_file() and (entry / "assets.extra" / "model_card.json").is_file():
+            if (entry / "saved_model.pb").is_file() and (entry / CARD_RELPATH).is_file():
                 versions.append(int(entry.name))
     return sorted(versions)
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    """Identity of a version directory: a republished directory (atomic rename) has a new inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_ino, st.st_mtime_ns)
+
+
 def warm_up(runner: Runner, version_dir: Path) -> int:
-    """Replay the version's warm-up requests (TF Serving's format); returns how many ran."""
+    """Replay the version's warm-up requests (TF Serving's format); returns how many ran.
+
+    Each output is checked against the card (same spatial shape, ``output_channels`` channels), so a
+    signature that loads but answers the wrong thing fails here, before it is ever served.
+    """
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
     path = version_dir / WARMUP_RELPATH
     count = 0
+
+    def check(batch: np.ndarray) -> None:
+        out = runner.predict(batch)
+        if out.shape[:-1] != batch.shape[:-1] or out.shape[-1] != runner.card.output_channels:
+            raise ValueError(
+                f"warm-up returned shape {out.shape} for input {batch.shape}; the card promises "
+                f"{runner.card.output_channels} output channel(s) on the input's spatial shape"
+            )
+
     if path.is_file():
         for record in tf.data.TFRecordDataset(str(path)):
             log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
             request = log_entry.predict_log.request
-            batch = tf.make_ndarray(request.inputs[runner.card.input_name]).astype(np.float32)
-            out = runner.predict(batch)
-            if out.shape[:-1] != batch.shape[:-1] or out.shape[-1] != runner.card.output_channels:
-                raise ValueError(f"warm-up returned shape {out.shape} for input {batch.shape}")
+            if runner.card.input_name not in request.inputs:
+                raise ValueError(f"warm-up request has inputs {sorted(request.inputs)}, not {runner.card.input_name!r}")
+            check(tf.make_ndarray(request.inputs[runner.card.input_name]).astype(np.float32))
             count += 1
     if count == 0:  # no warm-up file: one representative call so the first request is not the slow one
         d = runner.card.tiling.divisor
-        shape = (1, *([-(-160 // d) * d] * runner.card.dims), len(runner.card.modalities))
-        runner.predict(np.zeros(shape, dtype=np.float32))
+        spatial = runner.card.tiling.patch_size or [-(-160 // d) * d] * runner.card.dims
+        check(np.zeros((1, *spatial, len(runner.card.modalities)), dtype=np.float32))
         count = 1
     return count
 
 
-class ModelRegistry:
-    """Which versions exist, which are loaded, which one each model serves by default."""
+def _on_unloaded(name: str, version: int) -> None:
+    log.info("model_unloaded model=%s version=%s", name, version)
 
-    def __init__(self, models_dir: Path, runner_factory: RunnerFactory) -> None:
+
+class ModelRegistry:
+    """Which versions exist, which are loaded, which one each model serves by default.
+
+    ``keep_versions``: how many of the newest loadable versions stay loaded per model (>= 1).
+    ``pinned``: model name -> the version to serve instead of the newest.
+    """
+
+    def __init__(
+        self,
+        models_dir: Path,
+        runner_factory: RunnerFactory,
+        *,
+        keep_versions: int = 2,
+        pinned: Mapping[str, int] | None = None,
+    ) -> None:
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be at least 1, not {keep_versions}")
         self.models_dir = Path(models_dir)
+        self.keep_versions = keep_versions
+        self.pinned = dict(pinned or {})
         self._factory = runner_factory
         self._states: dict[str, ModelState] = {}
         self._lock = threading.Lock()  # one loader at a time; readers never take it
@@ -104,12 +178,17 @@ class ModelRegistry:
             raise UnknownModel(name) from None
 
     def get(self, name: str, version: int | None = None) -> LoadedModel:
-        """The served version of ``name``, or a specific loaded ``version``."""
+        """The served version of ``name``, or a specific loaded ``version``.
+
+        The caller keeps the returned object for the whole request: that is what lets a swap or an
+        unload happen underneath without touching requests in flight.
+        """
         state = self.state(name)
         if version is None:
-            if state.served is None:
+            served = state.served  # one read: the swap is one assignment
+            if served is None:
                 raise UnknownModel(name)
-            return state.served
+            return served
         try:
             return state.loaded[version]
         except KeyError:
@@ -133,70 +212,142 @@ class ModelRegistry:
         return LoadedModel(name, version, path, card, runner, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
     def refresh(self, only: str | None = None) -> None:
-        """Load the newest complete version of every model (or of ``only``) and serve it.
+        """Apply the version policy to every model on disk (or to ``only``); see the module docstring.
 
-        A version that fails to load or warm is recorded as failed and never served; the previous one
-        keeps serving. Versions whose directory disappeared are dropped (requests holding them finish).
+        Never raises for a bad version: failures are recorded per version and the last good one keeps
+        serving.
         """
         with self._lock:
-            roots = sorted(p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-            for root in roots:
-                if only is not None and root.name != only:
-                    continue
-                state = self._states.get(root.name) or ModelState(root.name)
-                versions = complete_versions(root)
-                for gone in [v for v in state.loaded if v not in versions]:
-                    del state.loaded[gone]
-                candidates = [v for v in versions if v not in state.failed]
-                if candidates and candidates[-1] not in state.loaded:
-                    version = candidates[-1]
-                    try:
-                        loaded = self._load(root.name, version)
-                    except Exception as exc:  # any failure: keep serving the last good version
-                        state.failed[version] = f"{type(exc).__name__}: {exc}"[:500]
-                        metrics.LOAD_FAILURES.labels(root.name).inc()
-                        log.error("model_load_failed model=%s version=%s error=%s", root.name, version, exc)
-                    else:
-                        state.loaded[version] = loaded
-                        log.info(
-                            "model_loaded model=%s version=%s load_ms=%.0f warmup_ms=%.0f",
-                            root.name,
-                            version,
-                            loaded.load_ms,
-                            loaded.warmup_ms,
-                        )
-                newest = max(state.loaded, default=None)
-                state.served = state.loaded[newest] if newest is not None else None  # the atomic swap
-                # Keep only the served version loaded; older ones are released once requests drop them.
-                state.loaded = {newest: state.served} if state.served is not None else {}
-                if state.served is not None:
-                    metrics.SERVED_VERSION.labels(root.name).set(state.served.version)
-                self._states[root.name] = state
+            on_disk = {p.name for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+            for name in sorted(on_disk | set(self._states)):
+                if only is None or name == only:
+                    self._refresh_model(name)
+
+    def _refresh_model(self, name: str) -> None:
+        root = self.models_dir / name
+        state = self._states.get(name) or ModelState(name)
+        versions = complete_versions(root)
+        # A failure is a verdict on one directory; a directory republished under the same number is new.
+        failed = {v: f for v, f in state.failed.items() if v in versions and f.stamp == _stamp(root / str(v))}
+        loaded = {v: m for v, m in state.loaded.items() if v in versions}
+        pin = self.pinned.get(name)
+
+        def try_load(version: int) -> None:
+            stamp = _stamp(root / str(version))
+            try:
+                model = self._load(name, version)
+            except Exception as exc:  # any failure: keep serving the last good version
+                if getattr(exc, "retryable", False):
+                    log.warning("model_load_deferred model=%s version=%s reason=%s", name, version, exc)
+                    return
+                error = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]  # one log line, one JSON string
+                failed[version] = Failure(error, stamp)
+                metrics.LOAD_FAILURES.labels(name).inc()
+                log.error("model_load_failed model=%s version=%s error=%s", name, version, error)
+            else:
+                loaded[version] = model
+                weakref.finalize(model, _on_unloaded, name, version).atexit = False
+                log.info(
+                    "model_loaded model=%s version=%s load_ms=%.0f warmup_ms=%.0f",
+                    name,
+                    version,
+                    model.load_ms,
+                    model.warmup_ms,
+                )
+
+        # Newest first, until keep_versions are loaded: a broken newest version lets the next one in.
+        wanted: list[int] = []
+        for version in reversed(versions):
+            if len(wanted) == self.keep_versions:
+                break
+            if version in failed:
+                continue
+            if version not in loaded:
+                try_load(version)
+            if version in loaded:
+                wanted.append(version)
+        if pin is not None and pin in versions and pin not in failed and pin not in loaded:
+            try_load(pin)
+        if pin is not None and pin in loaded:
+            wanted.append(pin)
+
+        if pin is not None:
+            served = loaded.get(pin)
+            if served is None:
+                log.error("pinned_version_unavailable model=%s version=%s on_disk=%s", name, pin, versions)
+        else:
+            served = loaded[max(wanted)] if wanted else None
+        keep = {v: loaded[v] for v in sorted(set(wanted))}
+        previous = state.served
+        dropped = [m for v, m in state.loaded.items() if keep.get(v) is not m]
+
+        for model in dropped:
+            reason = "removed" if model.version not in versions else "superseded"
+            log.info("model_retired model=%s version=%s reason=%s", name, model.version, reason)
+        unloading = weakref.WeakValueDictionary({m.version: m for m in dropped})
+        for version, model in state.unloading.items():
+            unloading.setdefault(version, model)
+        state.unloading = unloading
+        state.failed = failed
+        state.loaded = keep  # version=N lookups see the new set before the default moves
+        state.served = served  # the atomic swap
+        del dropped, unloading
+
+        if (previous.version if previous else None) != (served.version if served else None):
+            log.info(
+                "model_served model=%s version=%s previous=%s",
+                name,
+                served.version if served else None,
+                previous.version if previous else None,
+            )
+        if served is not None:
+            metrics.SERVED_VERSION.labels(name).set(served.version)
+        elif previous is not None:
+            metrics.SERVED_VERSION.remove(name)
+        if not keep and not failed and not versions and not (root.is_dir()):
+            self._states.pop(name, None)
+        else:
+            self._states[name] = state
 
     def describe(self, name: str) -> dict:
-        state = self.state(name)
+        """What ``GET /models/{name}`` shows: every version on disk or in memory, with its state.
+
+        States: ``serving``, ``loaded`` (ask with ``version=N``), ``unloading`` (dropped; requests still
+        running on it), ``failed`` (with the error), ``available`` (on disk, outside the policy).
+        """
+        state = self._states.get(name)
         root = self.models_dir / name
+        if state is None:
+            if not root.is_dir():
+                raise UnknownModel(name)
+            state = ModelState(name)
+        served, loaded, failed = state.served, state.loaded, state.failed
+        unloading = {v: m for v, m in list(state.unloading.items()) if loaded.get(v) is not m}
         on_disk = complete_versions(root)
         versions = []
-        for v in sorted(set(on_disk) | set(state.loaded) | set(state.failed)):
-            if v in state.failed:
+        for v in sorted(set(on_disk) | set(loaded) | set(failed) | set(unloading)):
+            if v in failed:
                 status = "failed"
-            elif state.served is not None and v == state.served.version:
+            elif served is not None and v == served.version:
                 status = "serving"
-            elif v in state.loaded:
+            elif v in loaded:
                 status = "loaded"
+            elif v in unloading:
+                status = "unloading"
             else:
                 status = "available"
             entry: dict = {"version": v, "state": status}
-            if v in state.failed:
-                entry["error"] = state.failed[v]
-            if v in state.loaded:
-                entry["load_ms"] = round(state.loaded[v].load_ms, 1)
-                entry["warmup_ms"] = round(state.loaded[v].warmup_ms, 1)
+            if v in failed:
+                entry["error"] = failed[v].error
+            model = loaded.get(v) or unloading.get(v)
+            if model is not None:
+                entry["load_ms"] = round(model.load_ms, 1)
+                entry["warmup_ms"] = round(model.warmup_ms, 1)
             versions.append(entry)
         return {
             "name": name,
-            "served_version": state.served.version if state.served else None,
+            "served_version": served.version if served else None,
+            "policy": {"pinned": self.pinned[name]} if name in self.pinned else {"latest": self.keep_versions},
             "versions": versions,
-            "card": state.served.card.model_dump(mode="json") if state.served else None,
+            "card": served.card.model_dump(mode="json") if served else None,
         }

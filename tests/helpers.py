@@ -4,12 +4,17 @@ well a trained network segments."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from segcore.card import ModelCard, Tiling
+from segcore.card import CARD_RELPATH, WARMUP_RELPATH, ModelCard, Tiling
 
 
 def synthetic_head(shape_zyx=(40, 72, 64), spacing=(1.0, 1.0, 1.0)) -> tuple[sitk.Image, sitk.Image]:
@@ -35,27 +40,114 @@ def synthetic_head(shape_zyx=(40, 72, 64), spacing=(1.0, 1.0, 1.0)) -> tuple[sit
 
 
 def make_threshold_model(
-    models_dir: Path, name: str = "bright", version: int = 1, divisor: int = 8, modality: str = "flair"
+    models_dir: Path,
+    name: str = "bright",
+    version: int = 1,
+    divisor: int = 8,
+    modality: str = "flair",
+    offset: float = 2.0,
+    warmup: bool = False,
 ) -> Path:
-    """Publish a SavedModel whose ``probabilities`` are sigmoid(8 * (image - 2)): after the brain
-    z-score, the bright tumour (z >> 2) is foreground and normal tissue is not."""
-    import tensorflow as tf
+    """Publish a SavedModel whose ``probabilities`` are sigmoid(8 * (image - offset)): after the brain
+    z-score, the bright tumour (z >> 2) is foreground and normal tissue is not. A lower ``offset`` marks
+    more voxels, so two versions differing only in ``offset`` give measurably different answers.
 
-    class Threshold(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 1], tf.float32, name="image")])
-        def serve(self, image):
-            return {"probabilities": tf.sigmoid(8.0 * (image - 2.0))}
+    Published like ``training.export`` does: built under a hidden temporary directory in the same parent,
+    then renamed into place, so a polling server never sees half a version. ``warmup`` adds TF Serving
+    warm-up requests written by the exporter's own writer.
+    """
 
-    path = Path(models_dir) / name / str(version)
-    module = Threshold()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-    ModelCard(
-        name=name,
-        version=version,
-        dims=2,
-        modalities=[modality],
-        spacing_mm=[1.0, 1.0, 1.0],
-        tiling=Tiling(divisor=divisor, margin=4),
-        labels={1: "bright"},
-    ).write(path)
-    return path
+    def build(tmp: Path) -> None:
+        import tensorflow as tf
+
+        class Threshold(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([1, None, None, 1], tf.float32, name="image")])
+            def serve(self, image):
+                return {"probabilities": tf.sigmoid(8.0 * (image - offset))}
+
+        module = Threshold()
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        card = ModelCard(
+            name=name,
+            version=version,
+            dims=2,
+            modalities=[modality],
+            spacing_mm=[1.0, 1.0, 1.0],
+            tiling=Tiling(divisor=divisor, margin=4),
+            labels={1: "bright"},
+        )
+        card.write(tmp)
+        if warmup:
+            from training.export import write_warmup_requests
+
+            write_warmup_requests(tmp / WARMUP_RELPATH, card, [(1, 48, 40, 1), (1, 64, 64, 1)])
+
+    return publish_version(Path(models_dir) / name / str(version), build)
+
+
+def publish_version(final: Path, build: Callable[[Path], None]) -> Path:
+    """Run ``build(tmp)`` on a hidden sibling of ``final`` and rename it into place (atomic on POSIX)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        build(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+FLAWS = ("corrupt_saved_model", "invalid_card", "wrong_signature", "wrong_output_channels")
+
+
+def make_broken_version(models_dir: Path, name: str, version: int, flaw: str) -> Path:
+    """Publish a version that must never be served, broken in one of the ways ``FLAWS`` names:
+
+    - ``corrupt_saved_model``: a good version whose ``saved_model.pb`` was then overwritten with junk
+    - ``invalid_card``: a good SavedModel whose card does not validate (a sigmoid with two labels)
+    - ``wrong_signature``: the signature takes ``volume`` of rank 5, the (2D) card says ``image`` rank 4
+    - ``wrong_output_channels``: loads and runs, but answers 2 channels where the card promises 1
+      (caught by warm-up)
+    """
+    if flaw not in FLAWS:
+        raise ValueError(f'flaw must be one of {FLAWS}, not "{flaw}"')
+    root = Path(models_dir) / name
+    if flaw in ("corrupt_saved_model", "invalid_card"):
+        scratch = root / f".scratch-{version}-{uuid.uuid4().hex[:8]}"
+        make_threshold_model(scratch, name=name, version=version)
+
+        def build(tmp: Path) -> None:
+            shutil.move(str(scratch / name / str(version)), tmp)
+            shutil.rmtree(scratch)
+            if flaw == "corrupt_saved_model":
+                (tmp / "saved_model.pb").write_bytes(b"\x08\x01 this is not a SavedModel protobuf \xff\xfe" * 64)
+            else:
+                card = json.loads((tmp / CARD_RELPATH).read_text())
+                card["labels"] = {"1": "core", "2": "oedema"}  # two labels for one sigmoid: invalid
+                (tmp / CARD_RELPATH).write_text(json.dumps(card))
+
+        return publish_version(root / str(version), build)
+
+    def build_module(tmp: Path) -> None:
+        import tensorflow as tf
+
+        if flaw == "wrong_signature":
+            spec = tf.TensorSpec([1, None, None, None, 1], tf.float32, name="volume")
+
+            def fn(volume):
+                return {"probabilities": tf.sigmoid(volume)}
+        else:
+            spec = tf.TensorSpec([1, None, None, 1], tf.float32, name="image")
+
+            def fn(image):
+                return {"probabilities": tf.concat([tf.sigmoid(image), tf.sigmoid(-image)], axis=-1)}
+
+        module = tf.Module()
+        module.serve = tf.function(fn, input_signature=[spec])
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        ModelCard(
+            name=name, version=version, dims=2, modalities=["flair"], spacing_mm=[1.0, 1.0, 1.0], labels={1: "bright"}
+        ).write(tmp)
+
+    return publish_version(root / str(version), build_module)
