@@ -14,6 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CARD_RELPATH = Path("assets.extra") / "model_card.json"
+
+#: BraTS evaluation regions as sets of label values (Menze et al. 2015): whole tumour, tumour core,
+#: enhancing tumour. Label 3 (non-enhancing, BraTS 2015) belongs to the core where a model outputs it.
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (4,)}
 WARMUP_RELPATH = Path("assets.extra") / "tf_serving_warmup_requests"
 
 Modality = Literal["t1", "t1c", "t2", "flair"]
@@ -49,6 +53,7 @@ class Tiling(BaseModel):
     overlap: float = Field(0.5, ge=0, lt=1)
     crop_to_brain: bool = True
     margin: int = Field(8, ge=0, description="voxels kept around the brain when cropping")
+    mirror: bool = Field(False, description="3D only: average the 8 axis flips (test-time augmentation, 8x cost)")
 
 
 class Provenance(BaseModel):
@@ -121,7 +126,25 @@ class ModelCard(BaseModel):
             raise ValueError("a sigmoid model has exactly one output label")
         if self.dims == 3 and not self.tiling.patch_size:
             raise ValueError("a 3D model card needs tiling.patch_size")
+        if self.tiling.patch_size is not None and (
+            len(self.tiling.patch_size) != 3 or any(p < 1 or p % self.tiling.divisor for p in self.tiling.patch_size)
+        ):
+            raise ValueError(
+                f"tiling.patch_size must be three sizes (z, y, x), each a multiple of divisor "
+                f"{self.tiling.divisor}, not {self.tiling.patch_size}"
+            )
         return self
+
+    @property
+    def regions(self) -> dict[str, list[int]]:
+        """BraTS regions (``WT``/``TC``/``ET`` -> label values) for a multi-class BraTS card, else ``{}``.
+
+        A card is multi-class BraTS when it is softmax and outputs oedema (2) and enhancing tumour (4);
+        a whole-tumour model's single label 1 is not a tumour core, so it gets no regions.
+        """
+        if self.activation != "softmax" or not {2, 4} <= set(self.labels):
+            return {}
+        return {name: sorted(set(values) & set(self.labels)) for name, values in BRATS_REGIONS.items()}
 
     @property
     def output_channels(self) -> int:

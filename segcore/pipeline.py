@@ -17,7 +17,7 @@ from segcore.card import ModelCard
 from segcore.geometry import onto_grid, to_model_grid
 from segcore.normalization import zscore_brain
 from segcore.runner import Runner
-from segcore.tiling import predict_slices_2d, probabilities_to_labels
+from segcore.tiling import predict_slices_2d, predict_sliding_window_3d, probabilities_to_labels
 
 
 @dataclass
@@ -48,25 +48,40 @@ def prepare(images: Mapping[str, sitk.Image], card: ModelCard) -> tuple[np.ndarr
     return channels, brain, reference
 
 
-def segment(images: Mapping[str, sitk.Image], runner: Runner) -> Segmentation:
-    """Segment one study. ``images`` maps the card's modality names to 3D SimpleITK images."""
+def segment(images: Mapping[str, sitk.Image], runner: Runner, *, mirror: bool | None = None) -> Segmentation:
+    """Segment one study. ``images`` maps the card's modality names to 3D SimpleITK images.
+
+    ``mirror`` turns flip test-time augmentation of 3D models on or off (default: the card's
+    ``tiling.mirror``); 2D models ignore it.
+    """
     card = runner.card
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     channels, brain, model_grid = prepare(images, card)
     t1 = time.perf_counter()
     timings["preprocess"] = (t1 - t0) * 1000
-    if card.dims != 2:
-        raise NotImplementedError("3D sliding-window inference is not available yet")
-    probs = predict_slices_2d(
-        channels,
-        brain,
-        runner.predict,
-        card.output_channels,
-        divisor=card.tiling.divisor,
-        margin=card.tiling.margin,
-        crop_to_brain=card.tiling.crop_to_brain,
-    )
+    if card.dims == 3:
+        probs = predict_sliding_window_3d(
+            channels,
+            brain,
+            runner.predict,
+            card.output_channels,
+            patch_size=tuple(card.tiling.patch_size),  # type: ignore[arg-type]  # validated by the card
+            overlap=card.tiling.overlap,
+            margin=card.tiling.margin,
+            crop_to_brain=card.tiling.crop_to_brain,
+            mirror=card.tiling.mirror if mirror is None else mirror,
+        )
+    else:
+        probs = predict_slices_2d(
+            channels,
+            brain,
+            runner.predict,
+            card.output_channels,
+            divisor=card.tiling.divisor,
+            margin=card.tiling.margin,
+            crop_to_brain=card.tiling.crop_to_brain,
+        )
     t2 = time.perf_counter()
     timings["infer"] = (t2 - t1) * 1000
     labels = probabilities_to_labels(probs, card.labels, card.activation, card.threshold)
