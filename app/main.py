@@ -25,10 +25,23 @@ log = logging.getLogger("app")
 
 
 def runner_factory(settings: Settings) -> RunnerFactory:
+    """How a model version runs: a SavedModel in this process, or TF Serving over one gRPC channel.
+
+    Imported here, not at module level, so an in-process deployment never loads gRPC stubs and a
+    TF Serving one never needs more than the model cards from the shared models directory.
+    """
     if settings.backend == "inprocess":
         from segcore.runner import SavedModelRunner
 
         return SavedModelRunner
+    if settings.backend == "tfserving":
+        from app.tfserving import TFServingClient
+
+        return TFServingClient(
+            settings.tfserving_target,
+            timeout_seconds=settings.tfserving_timeout_seconds,
+            max_message_mb=settings.tfserving_max_message_mb,
+        )
     raise ValueError(f"backend {settings.backend!r} is not available in this build")
 
 
@@ -48,7 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     apply_thread_env(intra_op=settings.intra_op_threads, inter_op=settings.inter_op_threads)
     if settings.tmp_dir is not None:
         Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
-    registry = ModelRegistry(settings.models_dir, runner_factory(settings))
+    factory = runner_factory(settings)
+    registry = ModelRegistry(
+        settings.models_dir, factory, keep_versions=settings.keep_versions, pinned=settings.pinned_versions
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,9 +74,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not registry.ready():
             log.warning("no_model_loaded models_dir=%s", settings.models_dir)
         poller = asyncio.create_task(_poll(registry, settings.poll_seconds)) if settings.poll_seconds > 0 else None
+        log.info(
+            "serving backend=%s models_dir=%s poll_seconds=%s keep_versions=%s pinned=%s",
+            settings.backend,
+            settings.models_dir,
+            settings.poll_seconds,
+            settings.keep_versions,
+            settings.pinned_versions or "-",
+        )
         yield
         if poller is not None:
             poller.cancel()
+        close = getattr(factory, "close", None)  # the TF Serving channel
+        if close is not None:
+            close()
 
     app = FastAPI(title="Brain-tumour MRI segmentation", version=__version__, lifespan=lifespan)
     app.state.settings = settings
