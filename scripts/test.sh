@@ -4,6 +4,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh serve,train,dev || exit 1
+# Horovod (CPU, Gloo) is built from source against the installed TensorFlow; a stamp makes reruns free.
+scripts/install_horovod.sh || exit 1
 .venv/bin/python -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -1,8 +1,11 @@
 """``python -m training.evaluate``: per-case Dice of a published model on labelled case folders.
 
 Runs the *same* ``segcore`` pipeline the service runs (read with SimpleITK, reorient/resample to the
-card, normalize, tile, stitch, map back onto the input grid) on the original files, and compares with
-the label on the original grid. Prints a table and writes JSON.
+card, normalize, tile or slide a window, stitch, map back onto the input grid) on the original files, and
+compares with the label on the original grid. Whole-tumour Dice for every model; for a multi-class BraTS
+model (``ModelCard.regions``) also tumour core (TC) and enhancing tumour (ET), with the truth's regions
+taken from the archive's own label values (BraTS 2015 label 3 counts as core). Prints a table and writes
+JSON.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from segcore.card import BRATS_REGIONS
 from segcore.threads import apply_thread_env
-from training.datasets import TARGETS, discover
+from training.datasets import discover
 
 
-def evaluate(version_dir: Path, roots: list[Path], cases: list[str] | None = None) -> list[dict]:
+def evaluate(
+    version_dir: Path, roots: list[Path], cases: list[str] | None = None, *, mirror: bool | None = None
+) -> list[dict]:
+    """One row per case: Dice per region, predicted and true volumes (mL) and seconds per volume."""
     from segcore.card import ModelCard
     from segcore.metrics import dice
     from segcore.pipeline import segment
@@ -27,6 +34,7 @@ def evaluate(version_dir: Path, roots: list[Path], cases: list[str] | None = Non
 
     card = ModelCard.load(version_dir)
     runner = SavedModelRunner(version_dir, card)
+    regions = card.regions or {"WT": sorted(card.labels)}
     found = discover(roots, list(card.modalities))
     if cases:
         unknown = sorted(set(cases) - {c.case_id for c in found})
@@ -37,26 +45,36 @@ def evaluate(version_dir: Path, roots: list[Path], cases: list[str] | None = Non
     for case in found:
         images = {m: sitk.ReadImage(str(case.files[m]), sitk.sitkFloat32) for m in card.modalities}
         t0 = time.perf_counter()
-        result = segment(images, runner)
+        result = segment(images, runner, mirror=mirror)
         seconds = time.perf_counter() - t0
         pred = sitk.GetArrayViewFromImage(result.mask)
-        raw = np.rint(sitk.GetArrayViewFromImage(sitk.ReadImage(str(case.label), sitk.sitkFloat32))).astype(int)
-        truth = np.isin(raw, [s for s, v in case.layout.label_values.items() if TARGETS["whole_tumour"].get(v)])
-        rows.append(
-            {
-                "case": case.case_id,
-                "layout": case.layout.name,
-                "role": "validation"
-                if case.case_id in card.provenance.validation_cases
-                else "train"
-                if case.case_id in card.provenance.train_cases
-                else "other",
-                "dice_wt": round(dice(pred > 0, truth), 4),
-                "pred_ml": round(float((pred > 0).sum()) / 1000, 2),
-                "true_ml": round(float(truth.sum()) / 1000, 2),
-                "seconds": round(seconds, 2),
-            }
-        )
+        # A copy, not a view: a view of the temporary image would read freed memory.
+        raw = np.rint(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label), sitk.sitkFloat32))).astype(int)
+        # The archive's label values in the BraTS convention (binary archives: 1 = whole tumour).
+        source = np.zeros_like(raw)
+        for value, target in case.layout.label_values.items():
+            source[raw == value] = target
+        row = {
+            "case": case.case_id,
+            "layout": case.layout.name,
+            "role": "validation"
+            if case.case_id in card.provenance.validation_cases
+            else "train"
+            if case.case_id in card.provenance.train_cases
+            else "other",
+        }
+        binary_truth = set(case.layout.label_values.values()) == {1}
+        for name, values in regions.items():
+            if name != "WT" and binary_truth:
+                continue  # a whole-tumour-only archive has no truth for core / enhancing
+            truth = source > 0 if name == "WT" else np.isin(source, BRATS_REGIONS[name])
+            predicted = pred > 0 if name == "WT" else np.isin(pred, values)
+            row[f"dice_{name.lower()}"] = round(dice(predicted, truth), 4)
+            if name == "WT":
+                row["pred_ml"] = round(float(predicted.sum()) / 1000, 2)
+                row["true_ml"] = round(float(truth.sum()) / 1000, 2)
+        row["seconds"] = round(seconds, 2)
+        rows.append(row)
     return rows
 
 
@@ -67,23 +85,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="", help="comma-separated case ids (default: all found)")
     parser.add_argument("--json", type=Path, default=None, help="write the table here as JSON")
     parser.add_argument("--intra-op", type=int, default=None)
+    parser.add_argument(
+        "--mirror", choices=("card", "on", "off"), default="card", help="3D flip test-time augmentation"
+    )
     args = parser.parse_args(argv)
     apply_thread_env(intra_op=args.intra_op)
-    rows = evaluate(args.version_dir, args.roots, [c for c in args.cases.split(",") if c] or None)
-    print(f"{'case':24} {'role':10} {'Dice WT':>8} {'pred mL':>8} {'true mL':>8} {'s':>6}")
+    mirror = None if args.mirror == "card" else args.mirror == "on"
+    rows = evaluate(args.version_dir, args.roots, [c for c in args.cases.split(",") if c] or None, mirror=mirror)
+    metrics = [k for k in ("dice_wt", "dice_tc", "dice_et") if any(k in r for r in rows)]
+    print(f"{'case':24} {'role':10} " + " ".join(f"{m.replace('dice_', 'Dice ').upper():>8}" for m in metrics)
+          + f" {'pred mL':>8} {'true mL':>8} {'s':>6}")
     for r in rows:
-        row = f"{r['case']:24} {r['role']:10} {r['dice_wt']:8.4f} {r['pred_ml']:8.2f} {r['true_ml']:8.2f}"
-        print(f"{row} {r['seconds']:6.2f}")
+        dices = " ".join(f"{r[m]:8.4f}" if m in r else f"{'-':>8}" for m in metrics)
+        print(f"{r['case']:24} {r['role']:10} {dices} {r['pred_ml']:8.2f} {r['true_ml']:8.2f} {r['seconds']:6.2f}")
     summary = {}
     for role in ("validation", "train", "other"):
-        scores = [r["dice_wt"] for r in rows if r["role"] == role]
-        if scores:
-            summary[role] = {"cases": len(scores), "mean_dice_wt": round(float(np.mean(scores)), 4)}
-            print(f"mean Dice ({role}, {len(scores)} cases): {summary[role]['mean_dice_wt']:.4f}")
+        chosen = [r for r in rows if r["role"] == role]
+        if chosen:
+            summary[role] = {"cases": len(chosen)}
+            for m in metrics:
+                scores = [r[m] for r in chosen if m in r]
+                if scores:
+                    summary[role][f"mean_{m}"] = round(float(np.mean(scores)), 4)
+            means = ", ".join(f"{k[5:]} {v:.4f}" for k, v in summary[role].items() if k.startswith("mean_"))
+            print(f"mean ({role}, {len(chosen)} cases): {means}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"model": str(args.version_dir), "cases": rows, "summary": summary}, indent=2) + "\n"
+            json.dumps({"model": str(args.version_dir), "mirror": args.mirror, "cases": rows, "summary": summary},
+                       indent=2) + "\n"
         )
     return 0
 

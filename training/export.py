@@ -46,9 +46,13 @@ def write_warmup_requests(path: Path, card: ModelCard, shapes: list[tuple[int, .
 
 
 def warmup_shapes(card: ModelCard) -> list[tuple[int, ...]]:
-    """Representative batch-of-one input shapes for warm-up (a typical brain-cropped slice)."""
+    """Representative batch-of-one input shapes for warm-up: a typical brain-cropped slice (2D) or
+    the card's patch (3D: the sliding window only ever sends that shape)."""
+    if card.dims == 3:
+        return [(1, *card.tiling.patch_size, len(card.modalities))]  # type: ignore[misc]
     divisor = card.tiling.divisor
     return [(1, -(-176 // divisor) * divisor, -(-144 // divisor) * divisor, len(card.modalities))]
+
 
 def export_version(model: keras.Model, card: ModelCard, models_dir: Path) -> Path:
     """Export ``model`` as version ``card.version`` of ``card.name`` and return the final directory.
