@@ -21,17 +21,28 @@ def write_nifti(mask: sitk.Image, directory: Path) -> Path:
 
 
 def summary(mask: sitk.Image, card: ModelCard, timings_ms: dict[str, float]) -> dict:
-    """Per-label voxel counts and volumes (mL), bounding box, geometry and timings."""
+    """Per-label voxel counts and volumes (mL), BraTS region volumes for a multi-class model (``regions``:
+    whole tumour WT, tumour core TC, enhancing tumour ET, each the sum of its label values), bounding box,
+    geometry and timings."""
     array = sitk.GetArrayViewFromImage(mask)
     counts = label_counts(np.asarray(array), card.labels)
     per_voxel = voxel_volume_ml(mask)
     box = bounding_box(np.asarray(array))
+    regions = {
+        name: {
+            "labels": values,
+            "voxels": sum(counts[v] for v in values),
+            "volume_ml": round(sum(counts[v] for v in values) * per_voxel, 3),
+        }
+        for name, values in card.regions.items()
+    }
     return {
         "model": {"name": card.name, "version": card.version},
         "labels": [
             {"value": value, "name": name, "voxels": counts[value], "volume_ml": round(counts[value] * per_voxel, 3)}
             for value, name in sorted(card.labels.items())
         ],
+        "regions": regions,
         "tumour_volume_ml": round(sum(counts.values()) * per_voxel, 3),
         "tumour_voxels": int(sum(counts.values())),
         # bounding box in ITK index order (x, y, z), inclusive

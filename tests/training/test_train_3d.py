@@ -103,3 +103,20 @@ def test_3d_multiclass_export_and_per_region_evaluation_on_the_real_case(tiny_3d
     assert row["role"] == "validation"
     assert {"dice_wt", "dice_tc", "dice_et"} <= set(row) and all(0 <= row[k] <= 1 for k in ("dice_wt", "dice_tc"))
     assert row["true_ml"] == pytest.approx(120.674, abs=0.01)  # labels 1-4 of this case (data README)
+
+
+def test_service_json_reports_label_and_region_volumes_for_the_multiclass_card(tiny_3d_run):
+    import SimpleITK as sitk
+
+    from app.outputs import summary
+
+    config, _ = tiny_3d_run
+    card = ModelCard.load(config.models_dir / "tiny-mc-3d" / "1")
+    labels = np.zeros((10, 10, 10), dtype=np.uint8)
+    labels[0, :5], labels[1], labels[2, :2] = 1, 2, 4  # 50 core, 100 oedema, 20 enhancing voxels
+    mask = sitk.GetImageFromArray(labels)
+    mask.SetSpacing((2.0, 1.0, 1.0))  # 2 uL per voxel
+    body = summary(mask, card, {"infer": 1.0})
+    assert [(entry["value"], entry["voxels"]) for entry in body["labels"]] == [(1, 50), (2, 100), (4, 20)]
+    assert {k: v["voxels"] for k, v in body["regions"].items()} == {"WT": 170, "TC": 70, "ET": 20}
+    assert body["regions"]["WT"]["volume_ml"] == pytest.approx(0.34)
