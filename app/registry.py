@@ -169,7 +169,7 @@ class ModelRegistry:
         self._lock = threading.Lock()  # one loader at a time; readers never take it
 
     def names(self) -> list[str]:
-        return sorted(self._states)
+        return sorted(self._states)  # one C-level pass under the GIL
 
     def state(self, name: str) -> ModelState:
         try:
@@ -195,7 +195,8 @@ class ModelRegistry:
             raise UnknownModel(f"{name} v{version}") from None
 
     def ready(self) -> bool:
-        return any(s.served is not None for s in self._states.values())
+        # list(): a refresh thread may add a model while this runs on the event loop
+        return any(s.served is not None for s in list(self._states.values()))
 
     def _load(self, name: str, version: int) -> LoadedModel:
         path = self.models_dir / name / str(version)

@@ -18,6 +18,8 @@ async def list_models(registry: RegistryDep) -> dict:
 
 @router.get("/{name}")
 async def get_model(name: str, registry: RegistryDep) -> dict:
+    """Served version, version policy, the served card, and every version with its state: ``serving``,
+    ``loaded`` (request it with ``version=N``), ``unloading``, ``failed`` (with the error) or ``available``."""
     try:
         return registry.describe(name)
     except UnknownModel:
@@ -26,7 +28,8 @@ async def get_model(name: str, registry: RegistryDep) -> dict:
 
 @router.post("/{name}/reload")
 async def reload_model(name: str, registry: RegistryDep) -> dict:
-    """Rescan ``models_dir/<name>`` now and serve its newest loadable version."""
+    """Rescan ``models_dir/<name>`` now and apply the version policy (what the poller does every
+    ``SEG_POLL_SECONDS``); answers with the model's state afterwards."""
     if not (registry.models_dir / name).is_dir():
         raise ApiError(404, "unknown_model", f'no model directory "{name}" under the models directory')
     await asyncio.to_thread(registry.refresh, name)
