@@ -59,7 +59,9 @@ def _volume_path(service: str, volume: str = "models") -> str:
 
 def _dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
     """Stage name -> [(instruction, arguments)], continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    # Docker drops comment lines first, even inside a continued instruction, then joins continuations.
+    lines = [line for line in (REPO / "Dockerfile").read_text().splitlines() if not line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(lines))
     stages: dict[str, list[tuple[str, str]]] = {}
     current: list[tuple[str, str]] = []
     for line in text.splitlines():
@@ -198,6 +200,7 @@ def test_the_image_runs_the_service_unprivileged_with_a_health_check():
     assert "training" not in copies and "tests" not in copies  # app never imports training
     installs = " ".join(args for stage in ("deps", "serve") for i, args in stages[stage] if i == "RUN")
     assert "['serve']" in installs and "'train'" not in installs and "dev" not in installs
+    assert "--no-deps" in installs and "tensorflow-serving-api" in installs  # the gRPC protos, not all of TF
     entrypoint = REPO / "deploy" / "docker-entrypoint.sh"
     assert entrypoint.is_file() and os.access(entrypoint, os.X_OK)
     ignored = (REPO / ".dockerignore").read_text().split()
