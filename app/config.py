@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     max_compression_ratio: float = Field(200.0, gt=1, description="per-member expansion limit (zip bombs)")
     intra_op_threads: int | None = Field(None, ge=1, description="TensorFlow intra-op pool (None: all cores)")
     inter_op_threads: int | None = Field(None, ge=1, description="TensorFlow inter-op pool")
+    tuning_file: Path | None = Field(
+        None, description="JSON written by `python -m app.tune`; fills the thread settings not set explicitly"
+    )
     max_concurrent_inferences: int = Field(1, ge=1, description="studies segmented at the same time")
     queue_size: int = Field(8, ge=0, description="requests allowed to wait for a slot; then 503")
     tmp_dir: Path | None = Field(None, description="where uploads are staged (default: system temp)")
@@ -69,6 +72,30 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"pinned versions must be positive integers, not {bad}")
         return value
+
+    @model_validator(mode="after")
+    def _apply_tuning_file(self) -> Settings:
+        """Thread counts measured by ``python -m app.tune`` on this machine, unless set explicitly.
+
+        A named but missing or malformed file is an error: a deployment that asked for tuned threads
+        must not silently start with defaults.
+        """
+        if self.tuning_file is None:
+            return self
+        try:
+            tuned = json.loads(Path(self.tuning_file).read_text())
+            best = tuned["best"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f'SEG_TUNING_FILE "{self.tuning_file}" is not a tuning file written by app.tune: {exc}'
+            ) from None
+        for field_name in ("intra_op_threads", "inter_op_threads"):
+            value = best.get(field_name)
+            if getattr(self, field_name) is None and value is not None:
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f'{field_name} in "{self.tuning_file}" must be a positive integer, not {value!r}')
+                setattr(self, field_name, value)
+        return self
 
     @property
     def max_upload_bytes(self) -> int:

@@ -13,7 +13,7 @@ INFERENCE_SECONDS = Histogram(
 )
 STAGE_SECONDS = Histogram(
     "seg_stage_seconds",
-    "Time per pipeline stage (read, preprocess, infer, postprocess, write)",
+    "Time per pipeline stage (read, queue (waiting for a slot), preprocess, infer, postprocess, write)",
     ["stage"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )

@@ -91,9 +91,11 @@ class SegmentationService:
                 422, "dicom_seg_needs_dicom", f'format=dicom-seg needs "{first}" as a DICOM series, not a NIfTI file'
             )
         read_ms = (time.perf_counter() - t0) * 1000
+        t_queued = time.perf_counter()
         async with self.limiter:
+            queue_ms = (time.perf_counter() - t_queued) * 1000  # waiting for a slot: load, not work
             result = await asyncio.to_thread(segment, study.images, model.runner)
-        timings = {"read": read_ms, **result.timings_ms}
+        timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
         metrics.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
         t1 = time.perf_counter()
         answer = Answer(model, result.mask, timings)
