@@ -274,7 +274,7 @@ class ModelRegistry:
 
         if pin is not None:
             served = loaded.get(pin)
-            if served is None:
+            if served is None and (state.served is not None or name not in self._states):  # once, not every poll
                 log.error("pinned_version_unavailable model=%s version=%s on_disk=%s", name, pin, versions)
         else:
             served = loaded[max(wanted)] if wanted else None
