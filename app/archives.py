@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -93,7 +94,14 @@ def extract_zip(archive: Path, destination: Path, label: str, limits: ArchiveLim
                         dst.write(chunk)
             except ApiError:
                 raise
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
+            except (
+                zipfile.BadZipFile,
+                zipfile.LargeZipFile,
+                zlib.error,
+                OSError,
+                EOFError,
+                NotImplementedError,
+            ) as exc:
                 raise ApiError(
                     400, "corrupt_file", f'"{info.filename}" in {label} cannot be unpacked ({exc})'
                 ) from None

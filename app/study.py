@@ -9,10 +9,12 @@ technologist understands; the status follows DESIGN §3 (415 unsupported file, 4
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,17 +29,23 @@ from segcore.geometry import physical_overlap, same_grid
 KNOWN_MODALITIES = ("t1", "t1c", "t2", "flair")
 
 
-def _nifti_header_ok(header: bytes) -> bool:
-    """True if ``header`` starts like a NIfTI-1 or NIfTI-2 header (either byte order)."""
-    if len(header) >= 348:
+def _nifti_header(header: bytes):
+    """The NIfTI-1 or NIfTI-2 header (nibabel) at the start of ``header``, or None."""
+    import nibabel as nib
+
+    for size, cls in ((348, nib.Nifti1Header), (540, nib.Nifti2Header)):
+        if len(header) < size:
+            continue
         for order in "<>":
-            if struct.unpack(f"{order}i", header[:4])[0] == 348 and header[344:348] in (b"n+1\0", b"ni1\0"):
-                return True
-    if len(header) >= 540:
-        for order in "<>":
-            if struct.unpack(f"{order}i", header[:4])[0] == 540 and header[4:8] == b"n+2\0":
-                return True
-    return False
+            if struct.unpack(f"{order}i", header[:4])[0] != size:
+                continue
+            try:
+                parsed = cls.from_fileobj(io.BytesIO(header[:size]), check=False)
+            except Exception:  # nibabel raises several types for garbage
+                return None
+            if parsed["magic"].item() in (b"n+1", b"ni1", b"n+2"):
+                return parsed
+    return None
 
 
 def sniff(upload: UploadedFile) -> str:
@@ -54,14 +62,14 @@ def sniff(upload: UploadedFile) -> str:
             raise ApiError(
                 400, "corrupt_file", f'"{upload.filename}" is a damaged gzip file ({exc}); upload it again'
             ) from None
-        if _nifti_header_ok(inner):
+        if _nifti_header(inner) is not None:
             return "nifti-gz"
         raise ApiError(415, "unsupported_file", f'"{upload.filename}" is gzip-compressed but not a NIfTI image')
-    if _nifti_header_ok(head):
+    if _nifti_header(head) is not None:
         return "nifti"
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
-    if head[:4] == b"PK\x03\x04":
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip, or an empty zip
         return "zip"
     raise ApiError(
         415,
@@ -70,46 +78,81 @@ def sniff(upload: UploadedFile) -> str:
     )
 
 
-def read_nifti(upload: UploadedFile, kind: str, max_voxels: int) -> sitk.Image:
-    """Read one NIfTI upload as a float32 3D image after checking its header."""
-    # ITK picks its reader by extension; give the staged file the one its content has.
-    path = upload.path.with_name(upload.path.name + (".nii.gz" if kind == "nifti-gz" else ".nii"))
-    upload.path.rename(path)
-    upload.path = path
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO("NiftiImageIO")
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise ApiError(400, "corrupt_file", f'the NIfTI header of "{upload.filename}" cannot be read') from None
-    size = reader.GetSize()
-    name = f'"{upload.filename}" ({upload.field})'
-    if len(size) == 4 and size[3] == 1:
-        size = size[:3]
-    if len(size) != 3:
-        shape = "x".join(str(s) for s in reader.GetSize())
+def _stage_uncompressed(upload: UploadedFile, kind: str, name: str, max_voxels: int) -> Path:
+    """Check the header, then give the voxel data to ITK as a plain ``.nii`` of exactly the size the
+    header promises.
+
+    The header decides everything before any voxel is decompressed or read: dimensions and voxel count
+    (an absurd header is refused without allocating), and the byte count the data must have. A .nii.gz
+    is decompressed once, in chunks, and never past that count (a gzip bomb cannot fill the disk); a
+    file shorter than the count is truncated, which ITK would otherwise pad silently.
+    """
+    opener = gzip.open if kind == "nifti-gz" else open
+    with opener(upload.path, "rb") as src:
+        header = _nifti_header(src.read(540))
+    if header is None:
+        raise ApiError(400, "corrupt_file", f"the NIfTI header of {name} cannot be read")
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        described = "x".join(str(s) for s in shape)
         raise ApiError(
-            422, "wrong_dimensions", f"{name} is a {len(reader.GetSize())}D image ({shape}); a 3D volume is required"
+            422, "wrong_dimensions", f"{name} is a {len(shape)}D image ({described}); a 3D volume is required"
         )
-    if min(size) < 2:
-        raise ApiError(422, "wrong_dimensions", f"{name} has a single slice ({size}); a 3D volume is required")
-    voxels = int(np.prod(size, dtype=np.int64))
+    if min(shape) < 2:
+        raise ApiError(422, "wrong_dimensions", f"{name} has a single slice ({shape}); a 3D volume is required")
+    voxels = int(np.prod(shape, dtype=np.int64))
     if voxels > max_voxels:
         raise ApiError(
             422, "image_too_large", f"{name} has {voxels} voxels; the limit is {max_voxels} (SEG_MAX_VOXELS)"
         )
-    if reader.GetNumberOfComponents() != 1:
-        raise ApiError(422, "wrong_pixel_type", f"{name} has {reader.GetNumberOfComponents()} components per voxel")
-    reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
+        itemsize = header.get_data_dtype().itemsize
+    except Exception:
+        raise ApiError(422, "wrong_pixel_type", f"{name} has a voxel type this service cannot read") from None
+    expected = int(header.get_data_offset()) + voxels * itemsize
+    raw = upload.path.with_name(upload.path.name + ".nii")
+    written = 0
+    try:
+        with opener(upload.path, "rb") as src, raw.open("xb") as dst:
+            while written < expected and (chunk := src.read(min(1 << 20, expected - written))):
+                dst.write(chunk)
+                written += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        written = -1
+    if written < expected:
+        raise ApiError(
+            400, "corrupt_file", f"{name} is truncated or corrupt: its voxel data is shorter than its header says"
+        )
+    return raw
+
+
+def read_nifti(upload: UploadedFile, kind: str, max_voxels: int) -> sitk.Image:
+    """Read one NIfTI upload as a float32 3D image (SimpleITK), after checking it with nibabel."""
+    import nibabel as nib
+
+    name = f'"{upload.filename}" ({upload.field})'
+    raw = _stage_uncompressed(upload, kind, name, max_voxels)
+    # ITK's NIfTI reader turns NaN into 0 without a word: check the stored values with nibabel first.
+    data = nib.load(raw, mmap=True).dataobj
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data.get_unscaled()).all():
+        raise ApiError(422, "non_finite_values", f"{name} contains NaN or infinite values")
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("NiftiImageIO")
+    reader.SetFileName(str(raw))
+    try:
+        reader.ReadImageInformation()
+        if reader.GetNumberOfComponents() != 1:
+            raise ApiError(422, "wrong_pixel_type", f"{name} has {reader.GetNumberOfComponents()} components per voxel")
+        reader.SetOutputPixelType(sitk.sitkFloat32)
         image = reader.Execute()
     except RuntimeError:
-        raise ApiError(400, "corrupt_file", f"{name} is truncated or corrupt: its voxel data cannot be read") from None
+        raise ApiError(400, "corrupt_file", f"{name} is corrupt: SimpleITK cannot read it") from None
     if image.GetDimension() == 4:
         image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
-    if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
-        raise ApiError(422, "non_finite_values", f"{name} contains NaN or infinite values")
+    if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():  # e.g. an infinite scale factor
+        raise ApiError(422, "non_finite_values", f"{name} contains NaN or infinite values after scaling")
     return image
 
 

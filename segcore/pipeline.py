@@ -43,7 +43,7 @@ def prepare(images: Mapping[str, sitk.Image], card: ModelCard) -> tuple[np.ndarr
         image = to_model_grid(images[name], card.orientation, card.spacing_mm)
         if name != card.modalities[0]:
             image = onto_grid(image, reference, label=False)
-        arrays.append(sitk.GetArrayViewFromImage(image).astype(np.float32, copy=False))
+        arrays.append(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))  # a copy: image is rebound
     channels, brain = zscore_brain(np.stack(arrays), clip=card.normalization.clip)
     return channels, brain, reference
 

@@ -207,6 +207,25 @@ CASE_IDS = [
     "bad-version",
     "unknown-format",
     "too-large",
+    # archives and DICOM series
+    "corrupt-zip",
+    "zip-header-only",
+    "empty-zip",
+    "zip-bomb",
+    "zip-too-many-members",
+    "zip-path-traversal",
+    "zip-absolute-path",
+    "zip-symlink",
+    "non-dicom-in-zip",
+    "nifti-in-dicom-zip",
+    "mixed-series",
+    "4d-dicom",
+    "missing-slices",
+    "single-dicom-slice",
+    "non-mr-modality",
+    "truncated-dicom-pixels",
+    "dicom-and-nifti-mixed",
+    "dicom-seg-for-nifti",
 ]
 
 

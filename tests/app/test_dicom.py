@@ -50,12 +50,23 @@ def test_zip_of_a_sagittal_series_gives_a_mask_on_the_series_own_grid(server, mp
     assert wait_empty(server.tmp_dir) == []
 
 
-def test_several_dicom_files_under_one_field_work_like_a_zip(server, series_image, tmp_path):
-    files = [("t1", (p.name, p.read_bytes(), "application/dicom")) for p in mprage_files()]
+def test_several_dicom_files_under_one_field_work_like_a_zip(server, tmp_path):
+    """60 contiguous slices sent as separate parts (under the test server's 16 MB limit)."""
+    chosen = mprage_files()[60:120]
+    files = [("t1", (p.name, p.read_bytes(), "application/dicom")) for p in reversed(chosen)]  # any order
     with server.client() as client:
-        r = client.post("/segment", params={"model": "bright-t1", "format": "json"}, files=files)
+        r = client.post("/segment", params={"model": "bright-t1"}, files=files)
     assert r.status_code == 200, r.text
-    assert r.json()["geometry"]["size"] == list(series_image.GetSize())
+    mask = _mask(r.content, tmp_path)
+    folder = tmp_path / "subset"  # SimpleITK's series reader on just these files is the reference
+    folder.mkdir()
+    for p in chosen:
+        (folder / p.name).symlink_to(p)
+    (uid,) = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    reference = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    assert mask.GetSize() == reference.GetSize() == (256, 256, 60)
+    np.testing.assert_allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-4)
 
 
 def test_dicom_seg_round_trip_equals_the_nifti_mask(server, mprage_zip, series_image, tmp_path):
@@ -78,7 +89,9 @@ def test_dicom_seg_round_trip_equals_the_nifti_mask(server, mprage_zip, series_i
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     (segment,) = seg.SegmentSequence
     assert segment.SegmentAlgorithmType == "AUTOMATIC"
-    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Morphologically abnormal structure"
+    category = segment.SegmentedPropertyCategoryCodeSequence[0]
+    assert (category.CodeValue, category.CodingSchemeDesignator) == ("49755003", "SCT")  # morphologically abnormal
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"  # neoplasm
     algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("bright-t1", "1")
     referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
