@@ -203,6 +203,7 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     validated = [h for h in history if h.get("val_dice") is not None]
     ax2.plot([h["epoch"] for h in validated], [h["val_dice"] for h in validated], color="tab:red", marker="o", ms=3)
     regions = sorted({r for h in validated for r in h.get("val_dice_per_region", {})})
+    regions = regions if len(regions) > 1 else []  # one region is the mean line itself
     for region, style in zip(regions, (":", "--", "-."), strict=False):
         ax2.plot(
             [h["epoch"] for h in validated],
