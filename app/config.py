@@ -15,7 +15,12 @@ class Settings(BaseSettings):
 
     models_dir: Path = Field(Path("models"), description="TF Serving layout: <name>/<version>/")
     default_model: str = Field("brats-wt-flair", description="model used when a request names none")
-    backend: Literal["inprocess", "tfserving"] = "inprocess"
+    backend: Literal["inprocess", "tfserving", "openvino"] = Field(
+        "inprocess", description="inprocess (TensorFlow), tfserving (gRPC), openvino (bench extra; same SavedModel)"
+    )
+    openvino_precision: Literal["default", "f32", "bf16"] = Field(
+        "default", description="SEG_BACKEND=openvino: OpenVINO's choice (bf16 on AVX-512 BF16 CPUs), or forced"
+    )
     tfserving_target: str = Field("localhost:8500", description="host:port of TF Serving's gRPC API")
     tfserving_timeout_seconds: float = Field(30.0, gt=0, description="gRPC deadline of one Predict call (one tile)")
     tfserving_max_message_mb: int = Field(

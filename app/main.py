@@ -25,7 +25,8 @@ log = logging.getLogger("app")
 
 
 def runner_factory(settings: Settings) -> RunnerFactory:
-    """How a model version runs: a SavedModel in this process, or TF Serving over one gRPC channel.
+    """How a model version runs: a SavedModel in this process (TensorFlow, or OpenVINO on the same
+    SavedModel), or TF Serving over one gRPC channel.
 
     Imported here, not at module level, so an in-process deployment never loads gRPC stubs and a
     TF Serving one never needs more than the model cards from the shared models directory.
@@ -42,6 +43,13 @@ def runner_factory(settings: Settings) -> RunnerFactory:
             timeout_seconds=settings.tfserving_timeout_seconds,
             max_message_mb=settings.tfserving_max_message_mb,
         )
+    if settings.backend == "openvino":
+        # The same SavedModel, converted in memory; threads follow SEG_INTRA_OP_THREADS (or the tuning file).
+        from functools import partial
+
+        from app.peer_runtimes import OpenVINORunner
+
+        return partial(OpenVINORunner, threads=settings.intra_op_threads, precision=settings.openvino_precision)
     raise ValueError(f"backend {settings.backend!r} is not available in this build")
 
 

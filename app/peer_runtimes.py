@@ -5,7 +5,9 @@ Both convert the published SavedModel in memory when a version is loaded (nothin
 model, nothing is downloaded): OpenVINO reads the SavedModel directly (``openvino.convert_model``), ONNX
 Runtime gets an ONNX graph from ``tf2onnx``. The model card, warm-up requests and the pipeline stay the
 same, so ``SEG_BACKEND=openvino`` changes only which library multiplies the numbers. Parity with
-TensorFlow is tested (``tests/app/test_peer_runtimes.py``) and measured in ``benchmarks/latency.py``.
+TensorFlow is tested (``tests/app/test_peer_runtimes.py``) and measured in ``benchmarks/latency.py``;
+only OpenVINO is offered as a service backend (``SEG_BACKEND=openvino``) because only it measured faster
+than TensorFlow here (ONNX Runtime is kept for the benchmark's comparison).
 
 Why OpenVINO may be faster here: on CPUs with AVX-512 BF16 (this development machine's AMD EPYC has it)
 OpenVINO runs convolutions in bfloat16 by default (``INFERENCE_PRECISION_HINT``), with float32
@@ -14,6 +16,7 @@ accumulation; TensorFlow's CPU kernels stay in float32. ``precision="f32"`` asks
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -52,11 +55,15 @@ class OpenVINORunner:
         hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision: str = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         self._output = self._compiled.output(self.card.output_name)
-        # One request reused: OpenVINO keeps its buffers between calls of the same shape.
-        self._request = self._compiled.create_infer_request()
+        # One infer request per calling thread, reused: OpenVINO keeps its buffers between calls of the same
+        # shape, but a request must not run two inferences at once (SEG_MAX_CONCURRENT_INFERENCES > 1).
+        self._local = threading.local()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        result = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         return np.array(result[self._output], dtype=np.float32, copy=True)
 
 

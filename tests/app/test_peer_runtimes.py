@@ -1,0 +1,78 @@
+"""SEG_BACKEND=openvino: the same SavedModel through OpenVINO agrees with TensorFlow, and a real server
+on that backend segments a real validation case as well as the validation Dice says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from app.config import Settings
+from app.main import runner_factory
+from app.registry import warm_up
+from segcore.card import ModelCard
+from segcore.metrics import dice
+from segcore.pipeline import segment
+from segcore.runner import SavedModelRunner
+from tests.conftest import bundled_version_dir, shared_case, start_server, stop_server
+from tests.helpers import synthetic_head
+
+pytest.importorskip("openvino", reason="OpenVINO is in the openvino/bench/dev extras")
+
+
+@pytest.fixture(scope="module")
+def tf_runner() -> SavedModelRunner:
+    return SavedModelRunner(bundled_version_dir())
+
+
+def _validation_case():
+    case = shared_case("brats2018_deepvoxnet2", "case_6")  # validation case, never trained on
+    flair = sitk.ReadImage(str(case / "FLAIR.nii.gz"), sitk.sitkFloat32)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "GT_W.nii.gz"))) > 0.5
+    return case, flair, truth
+
+
+@pytest.mark.parametrize("precision", ["f32", "default"])
+def test_openvino_runner_matches_tensorflow(tf_runner, precision):
+    from app.peer_runtimes import OpenVINORunner
+
+    version_dir = bundled_version_dir()
+    card = ModelCard.load(version_dir)
+    runner = runner_factory(Settings(backend="openvino", openvino_precision=precision, intra_op_threads=2))(
+        version_dir, card
+    )
+    assert isinstance(runner, OpenVINORunner)
+    assert warm_up(runner, version_dir) >= 1  # the registry's own checks pass on this backend
+    batch = np.random.default_rng(1).standard_normal((1, 176, 144, 1)).astype(np.float32)
+    diff = np.abs(runner.predict(batch) - tf_runner.predict(batch)).max()
+    # float32 agrees to rounding; bfloat16 (the default on AVX-512 BF16 CPUs) to a few 1e-3 in probability.
+    assert diff < (1e-4 if runner.precision == "f32" else 0.05), (runner.precision, diff)
+    if precision == "f32":
+        return  # identical to rounding: the whole-volume check below is for the faster, approximate default
+    _, flair, truth = _validation_case()
+    ov_mask = sitk.GetArrayFromImage(segment({"flair": flair}, runner).mask) > 0
+    tf_mask = sitk.GetArrayFromImage(segment({"flair": flair}, tf_runner).mask) > 0
+    assert dice(ov_mask, tf_mask) >= 0.99
+    assert abs(dice(ov_mask, truth) - dice(tf_mask, truth)) < 0.005  # validation Dice unchanged
+
+
+def test_server_on_the_openvino_backend_answers_like_the_tensorflow_one(tmp_path, tf_runner):
+    head, _ = synthetic_head()
+    study = tmp_path / "head.nii.gz"
+    sitk.WriteImage(head, str(study))
+    srv = start_server(tmp_path, {"SEG_BACKEND": "openvino"})
+    try:
+        with srv.client() as client:
+            r = client.post("/segment", files={"flair": ("head.nii.gz", study.read_bytes())})
+            models = client.get("/models/brats-wt-flair").json()
+    finally:
+        stop_server(srv)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-model-name"] == "brats-wt-flair" and float(r.headers["x-inference-ms"]) > 0
+    assert models["served_version"] == int(r.headers["x-model-version"])
+    path = tmp_path / "mask.nii.gz"
+    path.write_bytes(r.content)
+    served = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    expected = sitk.GetArrayFromImage(segment({"flair": sitk.Cast(head, sitk.sitkFloat32)}, tf_runner).mask)
+    assert served.shape == expected.shape
+    assert dice(served > 0, expected > 0) >= 0.99
