@@ -48,6 +48,7 @@ from benchmarks.common import (  # noqa: E402
     DEFAULT_CASE,
     DEFAULT_MODEL,
     RESULTS,
+    SHARED_DATA,
     latest_version,
     load_average,
     start_server,
@@ -146,6 +147,29 @@ def pipeline_segmenter(runner) -> Segmenter:
         return sitk.GetArrayFromImage(segment({runner.card.modalities[0]: image}, runner).mask)
 
     return run
+
+
+def validation_dice(card, segmenters: dict[str, Segmenter]) -> dict:
+    """Whole-tumour Dice on the card's validation cases (read in place) for each segmenter, and the mean."""
+    from segcore.metrics import dice
+    from training.datasets import discover
+
+    roots = [SHARED_DATA / "brats2015_deepmedic", SHARED_DATA / "brats2018_deepvoxnet2"]
+    cases = [
+        c
+        for c in discover([r for r in roots if r.is_dir()], card.modalities)
+        if c.case_id in card.provenance.validation_cases
+    ]
+    result: dict = {name: {} for name in segmenters}
+    for case in cases:
+        image = sitk.ReadImage(str(case.files[card.modalities[0]]), sitk.sitkFloat32)
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))) > 0
+        for name, run in segmenters.items():
+            result[name][case.case_id] = round(dice(run(image) > 0, truth), 4)
+    for scores in result.values():
+        if scores:
+            scores["mean"] = round(float(np.mean(list(scores.values()))), 4)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- FLOPs
@@ -259,7 +283,7 @@ def measure_rss(version_dir: Path, study: Path) -> dict:
 # ------------------------------------------------------------------------------------------ HTTP e2e
 
 
-def measure_http(version_dir: Path, case: Path, reps: int, threads: dict) -> dict:
+def measure_http(version_dir: Path, case: Path, reps: int, threads: dict, backend: str = "inprocess") -> dict:
     """End to end through ``python -m app`` on loopback: client wall time vs the service's stage timings."""
     import httpx
 
@@ -267,7 +291,7 @@ def measure_http(version_dir: Path, case: Path, reps: int, threads: dict) -> dic
         models = Path(tmp) / "models"
         (models / version_dir.parent.name).mkdir(parents=True)
         (models / version_dir.parent.name / version_dir.name).symlink_to(version_dir.resolve())
-        env = {"SEG_DEFAULT_MODEL": version_dir.parent.name}
+        env = {"SEG_DEFAULT_MODEL": version_dir.parent.name, "SEG_BACKEND": backend}
         env.update({f"SEG_{k.upper()}_THREADS": str(v) for k, v in threads.items() if v is not None})
         server = start_server(models, Path(tmp) / "server.log", env)
         body = case.read_bytes()
@@ -465,7 +489,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not (args.quick or args.no_http):
         print("  HTTP end to end ...", flush=True)
-        report["http"] = measure_http(version_dir, args.case, reps, {"intra_op": args.intra, "inter_op": args.inter})
+        report["http"] = {
+            backend: measure_http(
+                version_dir, args.case, reps, {"intra_op": args.intra, "inter_op": args.inter}, backend
+            )
+            for backend in ("inprocess", "openvino")
+            if backend == "inprocess" or "openvino" in variants
+        }
+        print("  validation Dice ...", flush=True)
+        report["validation_dice"] = validation_dice(
+            card, {n: variants[n] for n in ("service", "openvino", "openvino_f32") if n in variants}
+        )
     if not (args.quick or args.no_rss):
         print("  peak RSS ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
@@ -506,13 +540,13 @@ def print_table(report: dict) -> None:
         f"{report['machine']['nominal_peak_gflops_fp32']} GFLOP/s, "
         f"SGEMM {report['machine']['sgemm_2048_gflops_measured']}"
     )
-    if "http" in report:
-        h = report["http"]
+    for backend, h in report.get("http", {}).items():
         print(
-            f"HTTP e2e (nifti) median {h['e2e_nifti']['median_s']} s vs model-only "
-            f"{h['model_only_infer']['median_s']} s;"
-            f" stages (ms) {h['server_stage_median_ms']}"
+            f"HTTP e2e ({backend}, nifti) median {h['e2e_nifti']['median_s']} s vs model-only "
+            f"{h['model_only_infer']['median_s']} s; stages (ms) {h['server_stage_median_ms']}"
         )
+    for name, scores in report.get("validation_dice", {}).items():
+        print(f"validation Dice {name}: {scores}")
     for name, r in report.get("peak_rss", {}).items():
         print(f"peak RSS {name}: {r}")
 

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
     parser.add_argument("--intra", type=int, default=2)
     parser.add_argument("--inter", type=int, default=1)
+    parser.add_argument("--backend", default="inprocess", help="SEG_BACKEND of the server (inprocess, openvino)")
     parser.add_argument("--out", type=Path, default=RESULTS / "load.json")
     args = parser.parse_args(argv)
     if not args.case.is_file():
@@ -43,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     files = {"flair": (args.case.name, args.case.read_bytes())}
     report: dict = {"case": args.case.name, "load_average_start": load_average(), "levels": {}}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        env = {"SEG_INTRA_OP_THREADS": str(args.intra), "SEG_INTER_OP_THREADS": str(args.inter)}
+        env = {
+            "SEG_INTRA_OP_THREADS": str(args.intra),
+            "SEG_INTER_OP_THREADS": str(args.inter),
+            "SEG_BACKEND": args.backend,
+        }
         server = start_server(args.models_dir, Path(tmp) / "server.log", env)
         try:
             url = segment_url(server.url, "json")
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             server.stop()
-    report["server"] = {"backend": "inprocess", "intra_op": args.intra, "inter_op": args.inter, "slots": 1, "queue": 8}
+    report["server"] = {"backend": args.backend, "intra_op": args.intra, "inter_op": args.inter, "slots": 1, "queue": 8}
     report["load_average_end"] = load_average()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
