@@ -186,7 +186,7 @@ def conv_flops(model, input_hw: tuple[int, int]) -> float:
     probe = keras.Model(model.inputs, [layer.input for layer in convs])
     x = np.zeros((1, *input_hw, model.inputs[0].shape[-1]), dtype=np.float32)
     total = 0.0
-    for layer, tensor in zip(convs, probe(x), strict=True):
+    for layer, tensor in zip(convs, probe([x]), strict=True):
         h, w, cin = tensor.shape[1:]
         kh, kw = layer.kernel_size
         cout = layer.filters
