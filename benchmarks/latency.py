@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -230,19 +229,40 @@ def machine_peak() -> dict:
 # --------------------------------------------------------------------------------------- RSS (child)
 
 
+def _vm_kb(field: str) -> float:
+    """A ``/proc/self/status`` memory field in MB (VmHWM: this process image's peak resident set).
+
+    Not ``ru_maxrss``: Linux carries that high-water mark across fork and exec, so a child started by a big
+    parent would report the parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def rss_child(version_dir: Path, study: Path) -> None:
     """Run in a fresh process: load + warm the model, then segment ``study``; print peak RSS as JSON."""
     from segcore.runner import SavedModelRunner
 
     runner = SavedModelRunner(version_dir)
     runner.predict(np.zeros((1, 176, 144, len(runner.card.modalities)), dtype=np.float32))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _vm_kb("VmHWM")
     image = sitk.ReadImage(str(study), sitk.sitkFloat32)
     t0 = time.perf_counter()
     pipeline_segmenter(runner)(image)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"after_load_mb": round(base, 1), "peak_mb": round(peak, 1), "segment_s": round(seconds, 2)}))
+    peak = _vm_kb("VmHWM")
+    print(
+        json.dumps(
+            {
+                "after_load_mb": round(base, 1),
+                "peak_mb": round(peak, 1),
+                "study_adds_mb": round(peak - base, 1),
+                "segment_s": round(seconds, 2),
+            }
+        )
+    )
 
 
 def synthetic_study(path: Path, size_xyz=(512, 512, 300), spacing=(0.5, 0.5, 0.6)) -> Path:
@@ -276,7 +296,7 @@ def measure_rss(version_dir: Path, study: Path) -> dict:
     image = sitk.ReadImage(str(study))
     result["size_xyz"] = list(image.GetSize())
     result["spacing_mm"] = [round(s, 3) for s in image.GetSpacing()]
-    result["float32_volume_mb"] = round(np.prod(image.GetSize()) * 4 / 2**20, 1)
+    result["float32_volume_mb"] = round(float(np.prod(image.GetSize())) * 4 / 2**20, 1)
     return result
 
 
