@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 summary = aggregate(samples, wall)
                 report["levels"][str(level)] = summary
-                plot(samples, args.out.with_name(f"load_c{level}.png"), f"POST /segment, concurrency {level}")
+                png = args.out.with_name(f"{args.out.stem}_c{level}.png")
+                plot(samples, png, f"POST /segment, concurrency {level}, backend {args.backend}")
                 lat = summary["latency"]
                 print(
                     f"concurrency {level}: {summary['ok']}/{summary['requests']} ok, "
