@@ -70,27 +70,40 @@ def test_ranks_get_disjoint_shards_scaled_learning_rate_warmup_and_their_share_o
         plan_world(config, rank=2, size=2)
 
 
-def test_two_horovod_processes_train_identical_replicas_and_rank0_alone_publishes(tmp_path):
-    pytest.importorskip("horovod.tensorflow", reason="Horovod is not built: scripts/install_horovod.sh (make test)")
-    shards = tmp_path / "shards"
-    shards.mkdir()
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory) -> Path:
+    """A few real slices of three BraTS 2018 cases (two to train, one to validate)."""
+    shards = tmp_path_factory.mktemp("hvd-shards")
     for name in ("case_1", "case_2", "case_6"):
         case = find_case(shared_case("brats2018_deepvoxnet2", name), ["flair"])
         shard = convert_case(case, ["flair"], "LPS", [1.0, 1.0, 1.0], "whole_tumour")
         keep = slice(60, 90)  # a few real slices through the tumours keep this fast
         np.savez(shards / f"{name}.npz", **{k: (v[keep] if v.ndim >= 3 else v) for k, v in shard.items()})
-    config = tmp_path / "hvd.toml"
-    config.write_text(CONFIG.format(shards=shards))
-    horovodrun = Path(sys.executable).parent / "horovodrun"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    command = [
-        str(horovodrun), "-np", "2", "-H", "localhost:2", "--gloo",
-        sys.executable, "-m", "training.train", "--config", str(config), "--horovod", "--quiet",
-        "--models-dir", str(tmp_path / "models"), "--run-dir", str(tmp_path / "runs"),
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return shards
+
+
+def _run(command: list[str], cwd: Path) -> str:
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{bindir}:{os.environ['PATH']}"}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
+    return output
+
+
+def test_two_horovod_processes_train_identical_replicas_and_rank0_alone_publishes(tmp_path, tiny_shards):
+    pytest.importorskip("horovod.tensorflow", reason="Horovod is not built: scripts/install_horovod.sh (make test)")
+    config = tmp_path / "hvd.toml"
+    config.write_text(CONFIG.format(shards=tiny_shards))
+    horovodrun = Path(sys.executable).parent / "horovodrun"
+    output = _run(
+        [
+            str(horovodrun), "-np", "2", "-H", "localhost:2", "--gloo",
+            sys.executable, "-m", "training.train", "--config", str(config), "--horovod", "--quiet",
+            "--models-dir", str(tmp_path / "models"), "--run-dir", str(tmp_path / "runs"),
+        ],  # fmt: skip
+        REPO,
+    )
     digests = dict(re.findall(r"horovod rank (\d)/2 weights sha256 ([0-9a-f]{64})", output))
     assert set(digests) == {"0", "1"}, output[-4000:]
     assert digests["0"] == digests["1"]  # averaged gradients + synced statistics: identical replicas
@@ -102,3 +115,18 @@ def test_two_horovod_processes_train_identical_replicas_and_rank0_alone_publishe
     assert summary["world_size"] == 2 and summary["rank"] == 0
     versions = sorted(p.name for p in (tmp_path / "models" / "hvd-tiny").iterdir())
     assert versions == ["1"]  # only rank 0 exported, once, with no temporary directory left
+
+
+def test_one_horovod_process_is_the_single_node_run(tmp_path, tiny_shards):
+    """Same config, same seed: ``horovodrun -np 1 ... --horovod`` and a plain run give the same losses."""
+    pytest.importorskip("horovod.tensorflow", reason="Horovod is not built: scripts/install_horovod.sh (make test)")
+    config = tmp_path / "one.toml"
+    config.write_text(CONFIG.format(shards=tiny_shards).replace("epochs = 2", "epochs = 1"))
+    train = [sys.executable, "-m", "training.train", "--config", str(config), "--no-export", "--quiet"]
+    _run([*train, "--run-dir", str(tmp_path / "plain")], REPO)
+    horovodrun = [str(Path(sys.executable).parent / "horovodrun"), "-np", "1", "-H", "localhost:1", "--gloo"]
+    output = _run([*horovodrun, *train, "--horovod", "--run-dir", str(tmp_path / "hvd")], REPO)
+    assert "horovod rank 0/1" in output  # it really ran under Horovod
+    plain, hvd = (json.loads((tmp_path / d / "hvd-tiny" / "history.json").read_text())[0] for d in ("plain", "hvd"))
+    for key in ("first_loss", "loss", "val_dice"):
+        assert hvd[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-5), key
