@@ -159,6 +159,9 @@ def test_the_tfserving_profile_points_the_app_at_tf_serving_serving_the_same_mod
         # TF Serving keeps loaded every version the app may serve or be asked for.
         assert (policy.latest.num_versions or 1) == int(env["SEG_KEEP_VERSIONS"])
     assert env["SEG_DEFAULT_MODEL"] in {m.name for m in models}
+    # Every bundled model is served by TF Serving too, so ?model=<name> works on both backends.
+    bundled = {p.name for p in (REPO / "models").iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert {m.name for m in models} == bundled
 
 
 def test_the_train_profile_publishes_into_the_models_volume():
