@@ -70,8 +70,16 @@ class ServerProcess:
             self.process.kill()
 
 
-def start_server(models_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
-    """``python -m app`` on a free loopback port, waited on until ``/readyz`` answers 200."""
+def start_server(
+    models_dir: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/readyz",
+    timeout: float = 180.0,
+) -> ServerProcess:
+    """``python -m app`` on a free loopback port, waited on until ``ready_path`` answers 200.
+
+    The one launcher of a real server for benchmarks and tests alike; ``env`` overrides the defaults."""
     import httpx
 
     port = free_port()
@@ -90,15 +98,15 @@ def start_server(models_dir: Path, log_path: Path, env: dict[str, str] | None = 
         [sys.executable, "-m", "app"], cwd=REPO, env=full_env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
     )
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
         try:
-            if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
                 return server
         except httpx.TransportError:
             pass
         time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"server not ready after 180 s:\n{log_path.read_text(errors='replace')}")
+    raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{log_path.read_text(errors='replace')}")

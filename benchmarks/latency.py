@@ -66,7 +66,7 @@ def rebuild_keras(version_dir: Path, card):
     the variables (``down<i>_conv1/kernel``...). Raises ``ValueError`` if the names do not line up."""
     import tensorflow as tf
 
-    from training.unet import build_unet_2d
+    from training.unet import build_unet
 
     loaded = tf.saved_model.load(str(version_dir))
     variables = {v.name.split(":")[0]: v for v in loaded.variables}
@@ -74,12 +74,13 @@ def rebuild_keras(version_dir: Path, card):
     if depth == 0:
         raise ValueError(f"{version_dir}: variables do not look like training.unet's U-Net")
     base = int(variables["down0_conv1/kernel"].shape[-1])
-    model = build_unet_2d(
+    model = build_unet(
+        2,
         len(card.modalities),
         card.output_channels,
         depth=depth,
         base_filters=base,
-        batch_norm=any("_bn" in k for k in variables),
+        normalization="batch" if any("_bn" in k for k in variables) else "none",
         activation=card.activation,
     )
     for weight in model.weights:

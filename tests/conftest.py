@@ -4,9 +4,7 @@ uvicorn server on a loopback port."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,12 +35,6 @@ def bundled_version_dir() -> Path:
     return root / str(versions[0])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
     url: str
@@ -58,41 +50,25 @@ class Server:
 
 
 def start_server(tmp: Path, env_overrides: dict[str, str] | None = None, wait_ready: bool = True) -> Server:
-    """``python -m app`` in a subprocess on a free loopback port, as a user would start it."""
-    port = free_port()
+    """``python -m app`` in a subprocess on a free loopback port, as a user would start it (through the
+    benchmarks' launcher), with a private staging directory and test-sized limits."""
+    from benchmarks.common import start_server as launch
+
     staging = tmp / "staging"
     staging.mkdir(parents=True, exist_ok=True)
     env = {
-        **os.environ,
-        "SEG_HOST": "127.0.0.1",
-        "SEG_PORT": str(port),
         "SEG_MODELS_DIR": str(MODELS_DIR),
         "SEG_TMP_DIR": str(staging),
         "SEG_MAX_UPLOAD_MB": "16",
-        "SEG_POLL_SECONDS": "0",
         "SEG_INTRA_OP_THREADS": "2",
         "SEG_INTER_OP_THREADS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "SEG_LOG_LEVEL": "INFO",  # tests read the log (e.g. that no patient data is in it)
         **(env_overrides or {}),
     }
-    log_path = tmp / "server.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+    launched = launch(
+        Path(env["SEG_MODELS_DIR"]), tmp / "server.log", env, "/readyz" if wait_ready else "/healthz", timeout=120
     )
-    server = Server(f"http://127.0.0.1:{port}", staging, log_path, process)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            r = httpx.get(server.url + ("/readyz" if wait_ready else "/healthz"), timeout=2)
-            if r.status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"server did not become ready in 120 s:\n{server.log()}")
+    return Server(launched.url, staging, launched.log_path, launched.process)
 
 
 def stop_server(server: Server) -> None:

@@ -21,9 +21,9 @@ def test_rebuilt_keras_model_computes_what_the_savedmodel_serves():
 
 
 def test_conv_flops_matches_a_hand_count():
-    from training.unet import build_unet_2d
+    from training.unet import build_unet
 
-    model = build_unet_2d(1, 1, depth=1, base_filters=2, batch_norm=False)
+    model = build_unet(2, 1, 1, depth=1, base_filters=2, normalization="none")
     # 16x16 input: down 3x3 1->2, 2->2 at 16x16; bottom 2->4, 4->4 at 8x8; 2x2 stride-2 transpose 4->2 from 8x8;
     # up 3x3 4->2, 2->2 at 16x16; 1x1 2->1. Two FLOPs per multiply-add.
     by_hand = 2 * (

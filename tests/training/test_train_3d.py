@@ -17,7 +17,7 @@ from training.datasets import find_case
 from training.evaluate import evaluate
 from training.losses import dice_ce_loss
 from training.train import CropSampler, load_cases, train
-from training.unet import build_unet_3d
+from training.unet import build_unet
 
 LABELS = {1: "core", 2: "oedema", 4: "enhancing"}
 
@@ -78,12 +78,12 @@ def test_dice_ce_loss_prefers_the_right_answer():
 
 
 def test_3d_builder_is_fully_convolutional_and_counts_its_parameters():
-    model = build_unet_3d(2, 4, depth=2, base_filters=4, normalization="instance", activation="softmax")
+    model = build_unet(3, 2, 4, depth=2, base_filters=4, normalization="instance", activation="softmax")
     out = model(np.zeros((1, 16, 24, 32, 2), dtype=np.float32))
     assert tuple(out.shape) == (1, 16, 24, 32, 4)
     np.testing.assert_allclose(np.asarray(out).sum(axis=-1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="normalization"):
-        build_unet_3d(1, 1, normalization="layer")  # type: ignore[arg-type]
+        build_unet(3, 1, 1, normalization="layer")  # type: ignore[arg-type]
 
 
 def test_3d_multiclass_export_and_per_region_evaluation_on_the_real_case(tiny_3d_run):

@@ -78,8 +78,8 @@ def test_export_is_a_loadable_savedmodel_with_a_valid_card_and_warmup(tiny_run):
 def test_published_versions_are_immutable(tiny_run):
     config, _ = tiny_run
     card = ModelCard.load(config.models_dir / "tiny-wt" / "1")
-    from training.unet import build_unet_2d
+    from training.unet import build_unet
 
     with pytest.raises(FileExistsError):
-        export_version(build_unet_2d(1, 1, depth=2, base_filters=2), card, config.models_dir)
+        export_version(build_unet(2, 1, 1, depth=2, base_filters=2), card, config.models_dir)
     assert not [p for p in (config.models_dir / "tiny-wt").iterdir() if p.name.startswith(".tmp")]
