@@ -19,11 +19,25 @@ MODELS_DIR = REPO / "models"
 BUNDLED_MODEL = "brats-wt-flair"
 
 
+STRICT = os.environ.get("SEG_TEST_STRICT") == "1"
+"""Set by ``make test`` under CI: a missing component (real data, OpenVINO, Horovod, Orthanc, Chromium, a
+container engine) fails the run instead of skipping, so a green CI never hides an untested promise."""
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip the calling test with ``reason`` when ``available`` is false, or fail it under
+    ``SEG_TEST_STRICT=1``. Every test that depends on an optional component goes through here."""
+    if available:
+        return
+    if STRICT:
+        pytest.fail(f"required under SEG_TEST_STRICT=1: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def shared_case(*parts: str) -> Path:
-    """A file or folder under ../shared/data, or skip the test with the reason."""
+    """A file or folder under ../shared/data, or skip the test with the reason (fail under strict)."""
     path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} (../shared/data is read in place, never copied)")
+    need(path.exists(), f"real data not available: {path} (../shared/data is read in place, never copied)")
     return path
 
 
