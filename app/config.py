@@ -9,14 +9,16 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.runners.backends import BACKENDS, BackendName
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEG_", extra="ignore")
 
     models_dir: Path = Field(Path("models"), description="TF Serving layout: <name>/<version>/")
     default_model: str = Field("brats-wt-flair", description="model used when a request names none")
-    backend: Literal["inprocess", "tfserving", "openvino"] = Field(
-        "inprocess", description="inprocess (TensorFlow), tfserving (gRPC), openvino (bench extra; same SavedModel)"
+    backend: BackendName = Field(
+        "inprocess", description="; ".join(f"{b.name}: {b.description} ({b.extra} extra)" for b in BACKENDS.values())
     )
     openvino_precision: Literal["default", "f32", "bf16"] = Field(
         "default", description="SEG_BACKEND=openvino: OpenVINO's choice (bf16 on AVX-512 BF16 CPUs), or forced"

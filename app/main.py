@@ -11,46 +11,18 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 
-from app import __version__, metrics
+from app import __version__, telemetry
 from app.api.routes import health, models, segment
-from app.archives import ArchiveLimits
 from app.config import Settings
 from app.errors import install_handlers
-from app.registry import ModelRegistry, RunnerFactory
+from app.inputs.archives import ArchiveLimits
+from app.inputs.study import StudyLimits
+from app.registry import ModelRegistry
+from app.runners.backends import runner_factory
 from app.service import SegmentationService
-from app.study import StudyLimits
 from segcore.threads import apply_thread_env
 
 log = logging.getLogger("app")
-
-
-def runner_factory(settings: Settings) -> RunnerFactory:
-    """How a model version runs: a SavedModel in this process (TensorFlow, or OpenVINO on the same
-    SavedModel), or TF Serving over one gRPC channel.
-
-    Imported here, not at module level, so an in-process deployment never loads gRPC stubs and a
-    TF Serving one never needs more than the model cards from the shared models directory.
-    """
-    if settings.backend == "inprocess":
-        from segcore.runner import SavedModelRunner
-
-        return SavedModelRunner
-    if settings.backend == "tfserving":
-        from app.tfserving import TFServingClient
-
-        return TFServingClient(
-            settings.tfserving_target,
-            timeout_seconds=settings.tfserving_timeout_seconds,
-            max_message_mb=settings.tfserving_max_message_mb,
-        )
-    if settings.backend == "openvino":
-        # The same SavedModel, converted in memory; threads follow SEG_INTRA_OP_THREADS (or the tuning file).
-        from functools import partial
-
-        from app.peer_runtimes import OpenVINORunner
-
-        return partial(OpenVINORunner, threads=settings.intra_op_threads, precision=settings.openvino_precision)
-    raise ValueError(f"backend {settings.backend!r} is not available in this build")
 
 
 async def _poll(registry: ModelRegistry, seconds: float) -> None:
@@ -122,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
-        metrics.REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        telemetry.REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         if request.url.path == "/segment":
             log.info(
                 "request path=%s status=%s ms=%.0f",

@@ -26,22 +26,18 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from app import metrics
+from app import telemetry
+from app.runners.backends import RunnerFactory
 from segcore.card import CARD_RELPATH, WARMUP_RELPATH, ModelCard
 from segcore.runner import Runner
 
 log = logging.getLogger("app.registry")
-
-RunnerFactory = Callable[[Path, ModelCard], Runner]
-"""Builds a runner for ``(version_dir, card)``. An exception with a true ``retryable`` attribute means
-"the backend cannot tell yet" (TF Serving still starting): the version is retried on the next refresh
-instead of being marked failed."""
 
 
 @dataclass(eq=False)
@@ -208,8 +204,8 @@ class ModelRegistry:
         t1 = time.perf_counter()
         warm_up(runner, path)
         t2 = time.perf_counter()
-        metrics.LOAD_SECONDS.labels(name, "load").observe(t1 - t0)
-        metrics.LOAD_SECONDS.labels(name, "warmup").observe(t2 - t1)
+        telemetry.LOAD_SECONDS.labels(name, "load").observe(t1 - t0)
+        telemetry.LOAD_SECONDS.labels(name, "warmup").observe(t2 - t1)
         return LoadedModel(name, version, path, card, runner, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
     def refresh(self, only: str | None = None) -> None:
@@ -243,7 +239,7 @@ class ModelRegistry:
                     return
                 error = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]  # one log line, one JSON string
                 failed[version] = Failure(error, stamp)
-                metrics.LOAD_FAILURES.labels(name).inc()
+                telemetry.LOAD_FAILURES.labels(name).inc()
                 log.error("model_load_failed model=%s version=%s error=%s", name, version, error)
             else:
                 loaded[version] = model
@@ -302,9 +298,9 @@ class ModelRegistry:
                 previous.version if previous else None,
             )
         if served is not None:
-            metrics.SERVED_VERSION.labels(name).set(served.version)
+            telemetry.SERVED_VERSION.labels(name).set(served.version)
         elif previous is not None:
-            metrics.SERVED_VERSION.remove(name)
+            telemetry.SERVED_VERSION.remove(name)
         if not keep and not failed and not versions and not (root.is_dir()):
             self._states.pop(name, None)
         else:

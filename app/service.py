@@ -15,12 +15,12 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from app import __version__, metrics
+from app import __version__, telemetry
 from app.errors import ApiError
-from app.outputs import overlay_png, summary, write_dicom_seg, write_nifti
+from app.inputs.study import Study, StudyLimits, read_study
+from app.inputs.uploads import UploadedFile
+from app.outputs.formats import OutputFormat, Payload, Rendering
 from app.registry import LoadedModel, ModelRegistry, UnknownModel
-from app.study import Study, StudyLimits, read_study
-from app.uploads import UploadedFile
 from segcore.pipeline import segment
 
 log = logging.getLogger("app.service")
@@ -31,9 +31,7 @@ class Answer:
     model: LoadedModel
     mask: sitk.Image
     timings_ms: dict[str, float]
-    path: Path | None = None  # written mask file (nifti, dicom-seg)
-    body: dict | None = None  # JSON summary (json)
-    png: bytes | None = None  # overlay preview (png)
+    payload: Payload  # what the format's writer returned: a file, bytes or a JSON-able dict
 
 
 class Limiter:
@@ -53,16 +51,16 @@ class Limiter:
                 headers={"Retry-After": "2"},
             )
         self._waiting += 1
-        metrics.QUEUE_DEPTH.set(self._waiting)
+        telemetry.QUEUE_DEPTH.set(self._waiting)
         try:
             await self._semaphore.acquire()
         finally:
             self._waiting -= 1
-            metrics.QUEUE_DEPTH.set(self._waiting)
-        metrics.IN_FLIGHT.inc()
+            telemetry.QUEUE_DEPTH.set(self._waiting)
+        telemetry.IN_FLIGHT.inc()
 
     async def __aexit__(self, *exc: object) -> None:
-        metrics.IN_FLIGHT.dec()
+        telemetry.IN_FLIGHT.dec()
         self._semaphore.release()
 
 
@@ -81,14 +79,16 @@ class SegmentationService:
             what = f'model "{name}"' + (f" version {version}" if version is not None else "")
             raise ApiError(404, "unknown_model", f"{what} is not loaded; loaded models: {known}") from None
 
-    async def segment(self, model: LoadedModel, files: list[UploadedFile], out_dir: Path, fmt: str) -> Answer:
-        """Read, segment and write one study; ``fmt`` is one of ``FORMATS``."""
+    async def segment(self, model: LoadedModel, files: list[UploadedFile], out_dir: Path, fmt: OutputFormat) -> Answer:
+        """Read, segment and write one study in the format ``fmt`` (a row of ``app.outputs.formats.FORMATS``)."""
         t0 = time.perf_counter()
         study: Study = await asyncio.to_thread(read_study, files, model.card, self.limits)
         first = model.card.modalities[0]
-        if fmt == "dicom-seg" and first not in study.dicom:
+        if fmt.needs_dicom and first not in study.dicom:
             raise ApiError(
-                422, "dicom_seg_needs_dicom", f'format=dicom-seg needs "{first}" as a DICOM series, not a NIfTI file'
+                422,
+                f"{fmt.name.replace('-', '_')}_needs_dicom",
+                f'format={fmt.name} needs "{first}" as a DICOM series, not a NIfTI file',
             )
         read_ms = (time.perf_counter() - t0) * 1000
         t_queued = time.perf_counter()
@@ -96,22 +96,24 @@ class SegmentationService:
             queue_ms = (time.perf_counter() - t_queued) * 1000  # waiting for a slot: load, not work
             result = await asyncio.to_thread(segment, study.images, model.runner)
         timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
-        metrics.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
+        telemetry.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
+        series = study.dicom.get(first)
+        rendering = Rendering(
+            mask=result.mask,
+            image=study.images[first],
+            datasets=series.datasets if series is not None else None,
+            card=model.card,
+            timings_ms=timings,
+            directory=out_dir,
+            software_version=__version__,
+        )
         t1 = time.perf_counter()
-        answer = Answer(model, result.mask, timings)
-        if fmt == "nifti":
-            answer.path = await asyncio.to_thread(write_nifti, result.mask, out_dir)
-        elif fmt == "dicom-seg":
-            answer.path = await asyncio.to_thread(
-                write_dicom_seg, result.mask, study.dicom[first], model.card, out_dir, __version__
-            )
-        elif fmt == "png":
-            answer.png = await asyncio.to_thread(overlay_png, study.images[first], result.mask, model.card)
+        payload = None if fmt.reports_timings else await asyncio.to_thread(fmt.write, rendering)
         timings["write"] = (time.perf_counter() - t1) * 1000
         for stage, ms in timings.items():
-            metrics.STAGE_SECONDS.labels(stage).observe(ms / 1000)
-        if fmt == "json":
-            answer.body = await asyncio.to_thread(summary, result.mask, model.card, timings)
+            telemetry.STAGE_SECONDS.labels(stage).observe(ms / 1000)
+        if payload is None:  # a format that reports the timings, "write" included, is built last
+            payload = await asyncio.to_thread(fmt.write, rendering)
         log.info(
             "segmented model=%s version=%s size=%s %s",
             model.name,
@@ -119,4 +121,4 @@ class SegmentationService:
             "x".join(map(str, result.mask.GetSize())),
             " ".join(f"{k}_ms={v:.0f}" for k, v in timings.items()),
         )
-        return answer
+        return Answer(model, result.mask, timings, payload)

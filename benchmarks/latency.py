@@ -15,8 +15,9 @@ geometry and normalization (``segcore.pipeline.prepare``); only the inference pa
 - ``batched_8`` / ``batched_32`` / ``batched_all``: the same crop, with slices stacked into batches (a
   ``tf.function`` over the Keras model with an unknown batch size) — for reference; the service stays at
   batch size 1 because it answers one study at a time.
-- ``onnxruntime``, ``openvino``, ``openvino_f32``: the service path with the peer runners of
-  ``app.peer_runtimes`` on the same SavedModel (converted in memory). OpenVINO's default precision on a
+- ``onnxruntime``, ``openvino``, ``openvino_f32``: the service path with ONNX Runtime
+  (``benchmarks/onnx_runner.py``) and the service's OpenVINO backend (``app.runners.backends``) on the same
+  SavedModel (converted in memory). OpenVINO's default precision on a
   CPU with AVX-512 BF16 is bfloat16; ``openvino_f32`` forces float32.
 
 Repetitions are interleaved (round-robin over variants), so a burst of load from other users of the
@@ -349,6 +350,16 @@ def measure_http(version_dir: Path, case: Path, reps: int, threads: dict, backen
 # ---------------------------------------------------------------------------------------------- main
 
 
+def service_backend(name: str, threads: int | None, precision: str):
+    """The runner factory the service would use with ``SEG_BACKEND=name`` (``app.runners.backends``)."""
+    from app.config import Settings
+    from app.runners.backends import runner_factory
+
+    return runner_factory(
+        Settings(backend=name, intra_op_threads=threads, openvino_precision=precision, tuning_file=None)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="version directory (default: newest bundled)")
@@ -399,15 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.intra or tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
     conversion_s: dict[str, float] = {}
     peers = {
-        "onnxruntime": lambda: __import__("app.peer_runtimes").peer_runtimes.OnnxRuntimeRunner(
+        "onnxruntime": lambda: __import__("benchmarks.onnx_runner").onnx_runner.OnnxRuntimeRunner(
             version_dir, card, threads=threads
         ),
-        "openvino": lambda: __import__("app.peer_runtimes").peer_runtimes.OpenVINORunner(
-            version_dir, card, threads=threads
-        ),
-        "openvino_f32": lambda: __import__("app.peer_runtimes").peer_runtimes.OpenVINORunner(
-            version_dir, card, threads=threads, precision="f32"
-        ),
+        # OpenVINO through the service's own backend table: what is measured is what SEG_BACKEND=openvino runs.
+        "openvino": lambda: service_backend("openvino", threads, "default")(version_dir, card),
+        "openvino_f32": lambda: service_backend("openvino", threads, "f32")(version_dir, card),
     }
     if args.quick:
         del peers["openvino_f32"]

@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.loadtest import aggregate, plot, run_load, segment_url  # noqa: E402
+from app.cli.loadtest import aggregate, plot, run_load, segment_url  # noqa: E402
 from benchmarks.common import DEFAULT_CASE, REPO, RESULTS, load_average, start_server  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 import SimpleITK as sitk
 
-from app.loadtest import run_load
+from app.cli.loadtest import run_load
 from tests.conftest import start_server, stop_server
 from tests.helpers import synthetic_head
 
@@ -54,4 +54,3 @@ def test_burst_beyond_one_slot_gets_503_with_retry_after_then_recovers(busy_serv
         again = client.post("/segment", params={"format": "json"}, files=files)  # recovered: served alone
     assert again.status_code == 200, again.text
     assert again.json()["timings_ms"]["queue"] < 1000
-

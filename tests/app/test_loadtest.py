@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from app.loadtest import Sample, aggregate, is_loopback, segment_url
+from app.cli.loadtest import Sample, aggregate, is_loopback, segment_url
 from tests.conftest import REPO
 from tests.helpers import synthetic_head
 

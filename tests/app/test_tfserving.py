@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 import tensorflow as tf
 
-from app.tfserving import TFServingClient, TFServingError, from_tensor_proto, to_tensor_proto
+from app.runners.tfserving import TFServingClient, TFServingError, from_tensor_proto, to_tensor_proto
 from segcore.card import ModelCard
 from segcore.pipeline import segment
 from segcore.runner import SavedModelRunner

@@ -108,7 +108,7 @@ def test_3d_multiclass_export_and_per_region_evaluation_on_the_real_case(tiny_3d
 def test_service_json_reports_label_and_region_volumes_for_the_multiclass_card(tiny_3d_run):
     import SimpleITK as sitk
 
-    from app.outputs import summary
+    from app.outputs.summary import summary
 
     config, _ = tiny_3d_run
     card = ModelCard.load(config.models_dir / "tiny-mc-3d" / "1")

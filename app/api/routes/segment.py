@@ -10,11 +10,10 @@ from starlette.background import BackgroundTask
 
 from app.api.deps import ServiceDep, SettingsDep
 from app.errors import ApiError
-from app.uploads import receive_files
+from app.inputs.uploads import receive_files
+from app.outputs.formats import FORMATS
 
 router = APIRouter(tags=["segment"])
-
-FORMATS = ("nifti", "json", "png", "dicom-seg")
 
 
 @router.post("/segment")
@@ -22,14 +21,13 @@ async def segment_study(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
-    format: str = Query(
-        "nifti", description="nifti (mask .nii.gz), json (volumes, timings), png (overlay), dicom-seg (DICOM inputs)"
-    ),
+    format: str = Query("nifti", description="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values())),
     model: str | None = Query(None, description="model name (default: SEG_DEFAULT_MODEL)"),
     version: int | None = Query(None, ge=1, description="model version (default: the served one)"),
 ):
     """Segment one study: multipart form, one file field per modality named as in the model card."""
-    if format not in FORMATS:
+    fmt = FORMATS.get(format)
+    if fmt is None:
         raise ApiError(400, "unknown_format", f'format "{format}" is not one of: {", ".join(FORMATS)}')
     loaded = service.resolve(model or settings.default_model, version)
     work = tempfile.mkdtemp(prefix="seg-", dir=settings.tmp_dir)
@@ -41,7 +39,7 @@ async def segment_study(
             Path(work),
             settings.max_upload_bytes,
         )
-        answer = await service.segment(loaded, files, Path(work), format)
+        answer = await service.segment(loaded, files, Path(work), fmt)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -50,17 +48,16 @@ async def segment_study(
         "X-Model-Version": str(loaded.version),
         "X-Inference-Ms": f"{answer.timings_ms.get('infer', 0.0):.1f}",
     }
-    if format in ("json", "png"):
+    if fmt.filename is None:  # the answer is in memory: the staging directory can go now
         shutil.rmtree(work, ignore_errors=True)
-        if format == "json":
-            return JSONResponse(answer.body, headers=headers)
-        return Response(answer.png, media_type="image/png", headers=headers)
+        if isinstance(answer.payload, dict):
+            return JSONResponse(answer.payload, headers=headers)
+        return Response(answer.payload, media_type=fmt.media_type, headers=headers)
     # The file is streamed after this returns; the directory goes once it has been sent.
-    media, name = ("application/gzip", "mask.nii.gz") if format == "nifti" else ("application/dicom", "mask.seg.dcm")
     return FileResponse(
-        answer.path,
-        media_type=media,
-        filename=name,
+        answer.payload,
+        media_type=fmt.media_type,
+        filename=fmt.filename,
         headers=headers,
         background=BackgroundTask(shutil.rmtree, work, ignore_errors=True),
     )

@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from app.config import Settings
-from app.main import runner_factory
 from app.registry import warm_up
+from app.runners.backends import runner_factory
 from segcore.card import ModelCard
 from segcore.metrics import dice
 from segcore.pipeline import segment
@@ -34,7 +34,7 @@ def _validation_case():
 
 @pytest.mark.parametrize("precision", ["f32", "default"])
 def test_openvino_runner_matches_tensorflow(tf_runner, precision):
-    from app.peer_runtimes import OpenVINORunner
+    from app.runners.openvino import OpenVINORunner
 
     version_dir = bundled_version_dir()
     card = ModelCard.load(version_dir)

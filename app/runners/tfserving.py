@@ -37,7 +37,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_p
 from app.errors import ApiError
 from segcore.card import ModelCard
 
-log = logging.getLogger("app.tfserving")
+log = logging.getLogger("app.runners.tfserving")
 
 SIGNATURE = "serving_default"
 
