@@ -34,8 +34,9 @@ import numpy as np
 
 from app import telemetry
 from app.runners.backends import RunnerFactory
-from segcore.card import CARD_RELPATH, WARMUP_RELPATH, ModelCard
-from segcore.runner import Runner
+from segcore.card import ModelCard
+from segcore.model_folder import WARMUP_RELPATH, version_numbers
+from segcore.runner import RetryableLoadError, Runner
 
 log = logging.getLogger("app.registry")
 
@@ -78,19 +79,6 @@ class UnknownModel(LookupError):
     pass
 
 
-def complete_versions(model_root: Path) -> list[int]:
-    """Numbered version directories holding a SavedModel and a card, ascending.
-
-    Hidden directories (``.tmp-2-ab12cd34``, an export in progress) are not numbers and never match.
-    """
-    versions = []
-    for entry in model_root.iterdir() if model_root.is_dir() else []:
-        if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0:
-            if (entry / "saved_model.pb").is_file() and (entry / CARD_RELPATH).is_file():
-                versions.append(int(entry.name))
-    return sorted(versions)
-
-
 def _stamp(path: Path) -> tuple[int, int]:
     """Identity of a version directory: a republished directory (atomic rename) has a new inode."""
     try:
@@ -112,26 +100,17 @@ def warm_up(runner: Runner, version_dir: Path) -> int:
     path = version_dir / WARMUP_RELPATH
     count = 0
 
-    def check(batch: np.ndarray) -> None:
-        out = runner.predict(batch)
-        if out.shape[:-1] != batch.shape[:-1] or out.shape[-1] != runner.card.output_channels:
-            raise ValueError(
-                f"warm-up returned shape {out.shape} for input {batch.shape}; the card promises "
-                f"{runner.card.output_channels} output channel(s) on the input's spatial shape"
-            )
-
     if path.is_file():
         for record in tf.data.TFRecordDataset(str(path)):
             log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
             request = log_entry.predict_log.request
             if runner.card.input_name not in request.inputs:
                 raise ValueError(f"warm-up request has inputs {sorted(request.inputs)}, not {runner.card.input_name!r}")
-            check(tf.make_ndarray(request.inputs[runner.card.input_name]).astype(np.float32))
+            batch = tf.make_ndarray(request.inputs[runner.card.input_name]).astype(np.float32)
+            runner.checked_predict(batch, "warm-up")
             count += 1
     if count == 0:  # no warm-up file: one representative call so the first request is not the slow one
-        d = runner.card.tiling.divisor
-        spatial = runner.card.tiling.patch_size or [-(-160 // d) * d] * runner.card.dims
-        check(np.zeros((1, *spatial, len(runner.card.modalities)), dtype=np.float32))
+        runner.checked_predict(np.zeros(runner.card.representative_input_shape, dtype=np.float32), "warm-up")
         count = 1
     return count
 
@@ -223,7 +202,7 @@ class ModelRegistry:
     def _refresh_model(self, name: str) -> None:
         root = self.models_dir / name
         state = self._states.get(name) or ModelState(name)
-        versions = complete_versions(root)
+        versions = version_numbers(root)
         # A failure is a verdict on one directory; a directory republished under the same number is new.
         failed = {v: f for v, f in state.failed.items() if v in versions and f.stamp == _stamp(root / str(v))}
         loaded = {v: m for v, m in state.loaded.items() if v in versions}
@@ -234,7 +213,7 @@ class ModelRegistry:
             try:
                 model = self._load(name, version)
             except Exception as exc:  # any failure: keep serving the last good version
-                if getattr(exc, "retryable", False):
+                if isinstance(exc, RetryableLoadError):
                     log.warning("model_load_deferred model=%s version=%s reason=%s", name, version, exc)
                     return
                 error = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]  # one log line, one JSON string
@@ -320,7 +299,7 @@ class ModelRegistry:
             state = ModelState(name)
         served, loaded, failed = state.served, state.loaded, state.failed
         unloading = {v: m for v, m in list(state.unloading.items()) if loaded.get(v) is not m}
-        on_disk = complete_versions(root)
+        on_disk = version_numbers(root)
         versions = []
         for v in sorted(set(on_disk) | set(loaded) | set(failed) | set(unloading)):
             if v in failed:

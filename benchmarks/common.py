@@ -25,14 +25,6 @@ DEFAULT_MODEL = REPO / "models" / "brats-wt-flair"
 DEFAULT_CASE = SHARED_DATA / "brats2018_deepvoxnet2" / "case_6" / "FLAIR.nii.gz"
 
 
-def latest_version(model_root: Path) -> Path:
-    """``model_root/<highest integer>``: the version a service would serve."""
-    versions = sorted((int(p.name) for p in model_root.iterdir() if p.name.isdigit()), reverse=True)
-    if not versions:
-        raise FileNotFoundError(f"no version directory under {model_root}")
-    return model_root / str(versions[0])
-
-
 def load_average() -> list[float]:
     """1/5/15-minute load average: how busy the shared machine was (2 cores here)."""
     return [round(x, 2) for x in os.getloadavg()]

@@ -10,7 +10,7 @@ geometry and normalization (``segcore.pipeline.prepare``); only the inference pa
   ``model.predict`` on every full 240x240 axial slice, one at a time, TensorFlow's default settings. This
   is what a user writes first; the only help it gets is the shared geometry/normalization code.
 - ``service``: exactly what the service runs: ``segcore.pipeline.segment`` with ``SavedModelRunner``
-  (the ``serving_default`` concrete function, batch size 1, brain-cropped slices, empty slices skipped,
+  (the serving signature, a concrete function, batch size 1, brain-cropped slices, empty slices skipped,
   one preallocated input buffer).
 - ``batched_8`` / ``batched_32`` / ``batched_all``: the same crop, with slices stacked into batches (a
   ``tf.function`` over the Keras model with an unknown batch size) — for reference; the service stays at
@@ -49,11 +49,11 @@ from benchmarks.common import (  # noqa: E402
     DEFAULT_MODEL,
     RESULTS,
     SHARED_DATA,
-    latest_version,
     load_average,
     start_server,
     stats,
 )
+from segcore.model_folder import latest_version_dir  # noqa: E402
 
 DICE_PARITY = 0.99
 Segmenter = Callable[[sitk.Image], np.ndarray]
@@ -248,7 +248,7 @@ def rss_child(version_dir: Path, study: Path) -> None:
     from segcore.runner import SavedModelRunner
 
     runner = SavedModelRunner(version_dir)
-    runner.predict(np.zeros((1, 176, 144, len(runner.card.modalities)), dtype=np.float32))
+    runner.predict(np.zeros(runner.card.representative_input_shape, dtype=np.float32))
     base = _vm_kb("VmHWM")
     image = sitk.ReadImage(str(study), sitk.sitkFloat32)
     t0 = time.perf_counter()
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     parser.add_argument("--rss-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    version_dir = args.model_dir or latest_version(DEFAULT_MODEL)
+    version_dir = args.model_dir or latest_version_dir(DEFAULT_MODEL)
     if args.rss_child is not None:
         rss_child(version_dir, args.rss_child)
         return 0

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from segcore.card import ModelCard
+from segcore.model_folder import SIGNATURE_NAME
+from segcore.runner import Runner
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
     """A SavedModel version converted to ONNX by tf2onnx (in memory) and run by ONNX Runtime's CPU provider."""
 
     def __init__(
@@ -40,12 +42,12 @@ class OnnxRuntimeRunner:
 
 
 def onnx_bytes(version_dir: Path, card: ModelCard, opset: int = 17) -> bytes:
-    """The ``serving_default`` signature of a SavedModel as a serialized ONNX model (tf2onnx)."""
+    """The serving signature (``SIGNATURE_NAME``) of a SavedModel as a serialized ONNX model (tf2onnx)."""
     import tensorflow as tf
     import tf2onnx
 
     loaded = tf.saved_model.load(str(version_dir))
-    signature = loaded.signatures["serving_default"]
+    signature = loaded.signatures[SIGNATURE_NAME]
     spec = signature.structured_input_signature[1][card.input_name]
 
     # tf2onnx wants a tf.function it can trace; the signature itself is a wrapped concrete function.

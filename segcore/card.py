@@ -13,12 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CARD_RELPATH = Path("assets.extra") / "model_card.json"
+from segcore.model_folder import CARD_RELPATH
 
 #: BraTS evaluation regions as sets of label values (Menze et al. 2015): whole tumour, tumour core,
 #: enhancing tumour. Label 3 (non-enhancing, BraTS 2015) belongs to the core where a model outputs it.
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (4,)}
-WARMUP_RELPATH = Path("assets.extra") / "tf_serving_warmup_requests"
 
 Modality = Literal["t1", "t1c", "t2", "flair"]
 MODALITY_ALIASES: dict[str, str] = {"t1ce": "t1c", "t1gd": "t1c"}
@@ -150,6 +149,18 @@ class ModelCard(BaseModel):
     def output_channels(self) -> int:
         """Channels of the ``probabilities`` output: 1 for sigmoid, labels + background for softmax."""
         return 1 if self.activation == "sigmoid" else len(self.labels) + 1
+
+    @property
+    def representative_input_shape(self) -> tuple[int, ...]:
+        """The one batch-of-one input shape typical of real use: what warm-up requests, the export check,
+        the registry's fallback warm-up and the tuner send. 3D: the card's patch (the sliding window only
+        ever sends that shape). 2D: a brain-cropped axial slice at 1 mm, 176 x 144 voxels, each rounded up
+        to ``tiling.divisor``. ``(1, *spatial, len(modalities))``."""
+        channels = len(self.modalities)
+        if self.dims == 3:
+            return (1, *self.tiling.patch_size, channels)  # type: ignore[misc]  # validated: 3D has a patch
+        d = self.tiling.divisor
+        return (1, -(-176 // d) * d, -(-144 // d) * d, channels)
 
     @classmethod
     def load(cls, version_dir: Path) -> ModelCard:

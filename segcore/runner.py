@@ -1,29 +1,56 @@
-"""Running a published SavedModel in-process at batch size 1.
+"""The runner contract every backend implements, and the in-process SavedModel runner.
 
-The ``serving_default`` signature is a concrete function: calling it never retraces, whatever the
-spatial size, as long as the model was exported with unknown spatial dimensions. ``model.predict`` per
-slice would build a dataset and a step function on every call (~2.7x slower here).
+The :data:`~segcore.model_folder.SIGNATURE_NAME` signature is a concrete function: calling it never
+retraces, whatever the spatial size, as long as the model was exported with unknown spatial dimensions.
+``model.predict`` per slice would build a dataset and a step function on every call (~2.7x slower here).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from segcore.card import ModelCard
+from segcore.model_folder import SIGNATURE_NAME
 
 
-class Runner(Protocol):
-    """What the pipeline needs from a backend: a batch-of-one forward pass on numpy arrays."""
+class RetryableLoadError(Exception):
+    """A backend cannot tell yet whether a version loads (TF Serving has not loaded it so far, or is
+    restarting). Raised while a version is loaded or warmed, it makes the service's registry try the
+    version again on its next refresh instead of recording it as failed."""
+
+
+class Runner(ABC):
+    """One model version behind one backend: a batch-of-one forward pass on numpy arrays.
+
+    Contract of :meth:`predict`: ``batch`` is float32 ``[1, *spatial, C]`` with ``C = len(card.modalities)``
+    channels in the card's order and ``spatial`` ``(Y, X)`` (2D) or ``(Z, Y, X)`` (3D) in the card's
+    orientation, each size a multiple of ``card.tiling.divisor``; the answer is float32 ``[1, *spatial, K]``
+    probabilities on the same spatial shape with ``K = card.output_channels`` (sigmoid: 1; softmax:
+    background + one per label). :meth:`checked_predict` enforces the output side.
+    """
 
     card: ModelCard
 
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+    @abstractmethod
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` float32 ``[1, *spatial, C]`` -> float32 ``[1, *spatial, K]`` (see the class docstring)."""
+
+    def checked_predict(self, batch: np.ndarray, what: str = "prediction") -> np.ndarray:
+        """:meth:`predict`, refusing an answer whose shape breaks the contract (``ValueError`` naming ``what``):
+        how warm-up and export catch a signature that loads but answers the wrong thing."""
+        out = self.predict(batch)
+        if out.shape[:-1] != batch.shape[:-1] or out.shape[-1] != self.card.output_channels:
+            raise ValueError(
+                f"{what} returned shape {out.shape} for input {batch.shape}; the card promises "
+                f"{self.card.output_channels} output channel(s) on the input's spatial shape"
+            )
+        return out
 
 
-class SavedModelRunner:
+class SavedModelRunner(Runner):
     """A SavedModel version directory loaded into this process."""
 
     def __init__(self, version_dir: Path, card: ModelCard | None = None) -> None:
@@ -33,10 +60,10 @@ class SavedModelRunner:
         self.card = card or ModelCard.load(self.version_dir)
         self._tf = tf
         loaded = tf.saved_model.load(str(self.version_dir))
-        if "serving_default" not in loaded.signatures:
-            raise ValueError(f"{self.version_dir} has no serving_default signature")
+        if SIGNATURE_NAME not in loaded.signatures:
+            raise ValueError(f"{self.version_dir} has no {SIGNATURE_NAME} signature")
         self._loaded = loaded  # keep the trackable alive: the signature references its variables
-        self._fn = loaded.signatures["serving_default"]
+        self._fn = loaded.signatures[SIGNATURE_NAME]
         inputs = self._fn.structured_input_signature[1]
         outputs = self._fn.structured_outputs
         if self.card.input_name not in inputs or self.card.output_name not in outputs:

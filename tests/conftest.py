@@ -42,11 +42,12 @@ def shared_case(*parts: str) -> Path:
 
 
 def bundled_version_dir() -> Path:
-    root = MODELS_DIR / BUNDLED_MODEL
-    versions = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True) if root.is_dir() else []
-    if not versions:
-        pytest.fail(f"the bundled model {root} is missing from the repository")
-    return root / str(versions[0])
+    from segcore.model_folder import latest_version_dir
+
+    try:
+        return latest_version_dir(MODELS_DIR / BUNDLED_MODEL)
+    except FileNotFoundError as exc:
+        pytest.fail(f"the bundled model is missing from the repository: {exc}")
 
 
 @dataclass

@@ -5,16 +5,15 @@ well a trained network segments."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from segcore.card import CARD_RELPATH, WARMUP_RELPATH, ModelCard, Tiling
+from segcore.card import ModelCard, Tiling
+from segcore.model_folder import CARD_RELPATH, SIGNATURE_NAME, WARMUP_RELPATH, publish_atomically
 
 
 def synthetic_head(shape_zyx=(40, 72, 64), spacing=(1.0, 1.0, 1.0)) -> tuple[sitk.Image, sitk.Image]:
@@ -52,8 +51,8 @@ def make_threshold_model(
     z-score, the bright tumour (z >> 2) is foreground and normal tissue is not. A lower ``offset`` marks
     more voxels, so two versions differing only in ``offset`` give measurably different answers.
 
-    Published like ``training.export`` does: built under a hidden temporary directory in the same parent,
-    then renamed into place, so a polling server never sees half a version. ``warmup`` adds TF Serving
+    Published as ``training.export`` does (:func:`segcore.model_folder.publish_atomically`), so a polling
+    server never sees half a version. ``warmup`` adds TF Serving
     warm-up requests written by the exporter's own writer.
     """
 
@@ -66,7 +65,7 @@ def make_threshold_model(
                 return {"probabilities": tf.sigmoid(8.0 * (image - offset))}
 
         module = Threshold()
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE_NAME: module.serve})
         card = ModelCard(
             name=name,
             version=version,
@@ -82,20 +81,7 @@ def make_threshold_model(
 
             write_warmup_requests(tmp / WARMUP_RELPATH, card, [(1, 48, 40, 1), (1, 64, 64, 1)])
 
-    return publish_version(Path(models_dir) / name / str(version), build)
-
-
-def publish_version(final: Path, build: Callable[[Path], None]) -> Path:
-    """Run ``build(tmp)`` on a hidden sibling of ``final`` and rename it into place (atomic on POSIX)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        build(tmp)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return publish_atomically(Path(models_dir) / name / str(version), build)
 
 
 FLAWS = ("corrupt_saved_model", "invalid_card", "wrong_signature", "wrong_output_channels")
@@ -127,7 +113,7 @@ def make_broken_version(models_dir: Path, name: str, version: int, flaw: str) ->
                 card["labels"] = {"1": "core", "2": "oedema"}  # two labels for one sigmoid: invalid
                 (tmp / CARD_RELPATH).write_text(json.dumps(card))
 
-        return publish_version(root / str(version), build)
+        return publish_atomically(root / str(version), build)
 
     def build_module(tmp: Path) -> None:
         import tensorflow as tf
@@ -145,9 +131,9 @@ def make_broken_version(models_dir: Path, name: str, version: int, flaw: str) ->
 
         module = tf.Module()
         module.serve = tf.function(fn, input_signature=[spec])
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE_NAME: module.serve})
         ModelCard(
             name=name, version=version, dims=2, modalities=["flair"], spacing_mm=[1.0, 1.0, 1.0], labels={1: "bright"}
         ).write(tmp)
 
-    return publish_version(root / str(version), build_module)
+    return publish_atomically(root / str(version), build_module)

@@ -273,8 +273,9 @@ def train(
     from tqdm import tqdm
 
     from segcore.card import BRATS_REGIONS, ModelCard, Normalization, Provenance, ThreadSettings, Tiling
+    from segcore.model_folder import next_version
     from segcore.tiling import predict_slices_2d, predict_sliding_window_3d, probabilities_to_labels
-    from training.export import export_version, next_version
+    from training.export import export_version
     from training.losses import segmentation_loss
     from training.unet import build_unet
 

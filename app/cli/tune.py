@@ -39,9 +39,9 @@ def run_trial(spec: dict) -> dict:
 
     apply_thread_env(intra_op=spec["intra"], inter_op=spec["inter"])
     from app.config import Settings
-    from app.registry import complete_versions
     from app.runners.backends import runner_factory
     from segcore.card import ModelCard
+    from segcore.model_folder import latest_version_dir
 
     settings = Settings(
         models_dir=spec["models_dir"],
@@ -49,15 +49,10 @@ def run_trial(spec: dict) -> dict:
         inter_op_threads=spec["inter"],
         tuning_file=None,
     )
-    root = Path(settings.models_dir) / spec["model"]
-    versions = complete_versions(root)
-    if not versions:
-        raise FileNotFoundError(f"no complete version of {spec['model']!r} under {settings.models_dir}")
-    version_dir = root / str(versions[-1])
+    version_dir = latest_version_dir(Path(settings.models_dir) / spec["model"])
     card = ModelCard.load(version_dir)
     runner = runner_factory(settings)(version_dir, card)
-    d = card.tiling.divisor
-    shape = (1, -(-176 // d) * d, -(-144 // d) * d, len(card.modalities))
+    shape = card.representative_input_shape
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for _ in range(3):
         runner.predict(x)
@@ -77,7 +72,7 @@ def run_trial(spec: dict) -> dict:
         "inter": spec["inter"],
         "env": spec.get("env", {}),
         "backend": settings.backend,
-        "model": f"{spec['model']}/{versions[-1]}",
+        "model": f"{spec['model']}/{version_dir.name}",
         "input_shape": list(shape),
         "ms_per_call_median": round(float(np.median(per_call)), 2),
         "ms_per_call_min": round(float(np.min(per_call)), 2),

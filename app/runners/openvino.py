@@ -21,11 +21,12 @@ from typing import Literal
 import numpy as np
 
 from segcore.card import ModelCard
+from segcore.runner import Runner
 
 Precision = Literal["default", "f32", "bf16"]
 
 
-class OpenVINORunner:
+class OpenVINORunner(Runner):
     """A SavedModel version compiled by OpenVINO for the CPU (latency hint, batch size 1)."""
 
     def __init__(

@@ -19,9 +19,10 @@ gRPC status                   HTTP    meaning
 anything else                 502     TF Serving answered with an error
 ============================  ======  ====================================================
 
-The 503/504 kinds are *retryable*: while the registry loads a version through this backend they mean
-"ask again on the next poll" (TF Serving polls the same directory on its own schedule), not "this version is
-broken".
+The 503/504 kinds are *retryable* (:class:`TFServingUnavailable`, a
+:class:`segcore.runner.RetryableLoadError`): while the registry loads a version through this backend they
+mean "ask again on the next poll" (TF Serving polls the same directory on its own schedule), not "this
+version is broken".
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_p
 
 from app.errors import ApiError
 from segcore.card import ModelCard
+from segcore.model_folder import SIGNATURE_NAME
+from segcore.runner import RetryableLoadError, Runner
 
 log = logging.getLogger("app.runners.tfserving")
-
-SIGNATURE = "serving_default"
 
 # gRPC status -> (HTTP status, error code, retryable)
 _ERRORS: dict[grpc.StatusCode, tuple[int, str, bool]] = {
@@ -51,16 +52,21 @@ _ERRORS: dict[grpc.StatusCode, tuple[int, str, bool]] = {
 
 
 class TFServingError(ApiError):
-    """A failed Predict call, already mapped to the HTTP answer the client gets.
+    """A failed Predict call, already mapped to the HTTP answer the client gets; it says something about
+    the version (``retryable`` False). :class:`TFServingUnavailable` is the kind that does not."""
 
-    ``retryable`` tells the registry whether a failure during load/warm-up says something about the
-    version (False) or only about TF Serving's state right now (True).
-    """
+    retryable = False
 
-    def __init__(self, status: int, code: str, detail: str, *, retryable: bool, grpc_code: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, *, grpc_code: str) -> None:
         super().__init__(status, code, detail, headers={"Retry-After": "5"} if status == 503 else None)
-        self.retryable = retryable
         self.grpc_code = grpc_code
+
+
+class TFServingUnavailable(TFServingError, RetryableLoadError):
+    """A failure that says something only about TF Serving's state right now (not reachable, busy, the
+    version not loaded yet): the registry retries the version on its next refresh."""
+
+    retryable = True
 
 
 def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
@@ -135,10 +141,11 @@ class TFServingClient:
         else:
             detail = f"TF Serving at {self.target} answered {code.name} for {what}: {details.strip()[:300]}"
         log.warning("tfserving_error grpc=%s http=%s model=%s version=%s", code.name, status, card.name, card.version)
-        return TFServingError(status, error_code, detail, retryable=retryable, grpc_code=code.name)
+        kind = TFServingUnavailable if retryable else TFServingError
+        return kind(status, error_code, detail, grpc_code=code.name)
 
 
-class TFServingRunner:
+class TFServingRunner(Runner):
     """One model version served by TF Serving; what the pipeline calls once per tile."""
 
     def __init__(self, client: TFServingClient, card: ModelCard) -> None:
@@ -148,7 +155,7 @@ class TFServingRunner:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """``batch`` float32 ``[1, *spatial, C]`` -> float32 ``[1, *spatial, K]`` probabilities."""
         request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=self.card.name, signature_name=SIGNATURE),
+            model_spec=model_pb2.ModelSpec(name=self.card.name, signature_name=SIGNATURE_NAME),
             output_filter=[self.card.output_name],
         )
         request.model_spec.version.value = self.card.version
@@ -163,7 +170,6 @@ class TFServingRunner:
                 502,
                 "tfserving_error",
                 f"asked TF Serving for {self.card.name} v{self.card.version}, v{answered} answered",
-                retryable=False,
                 grpc_code="OK",
             )
         if self.card.output_name not in response.outputs:
@@ -171,7 +177,6 @@ class TFServingRunner:
                 502,
                 "tfserving_error",
                 f"TF Serving returned outputs {sorted(response.outputs)}, not {self.card.output_name!r}",
-                retryable=False,
                 grpc_code="OK",
             )
         return from_tensor_proto(response.outputs[self.card.output_name])

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from app.config import Settings
 from app.registry import ModelRegistry, UnknownModel
-from segcore.runner import SavedModelRunner
+from segcore.runner import RetryableLoadError, SavedModelRunner
 from tests.helpers import FLAWS, make_broken_version, make_threshold_model
 
 
@@ -125,8 +125,8 @@ def test_a_republished_failed_version_is_loaded(tmp_path):
 def test_a_retryable_backend_error_defers_the_version_instead_of_failing_it(tmp_path):
     """TF Serving loads a new version on its own schedule: 'not loaded yet' must not brand it as failed."""
 
-    class NotYet(RuntimeError):
-        retryable = True
+    class NotYet(RetryableLoadError):
+        pass
 
     attempts: list[int] = []
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from segcore.model_folder import SIGNATURE_NAME
 from segcore.runner import SavedModelRunner
 
 MESSAGE_LIMIT = 64 * 2**20
@@ -68,7 +69,7 @@ class FakeTFServing(prediction_service_pb2_grpc.PredictionServiceServicer):
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({spec.name}, {version})"
             )
-        if spec.signature_name not in ("", "serving_default"):
+        if spec.signature_name not in ("", SIGNATURE_NAME):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Serving signature name: {spec.signature_name} not found")
         if runner.card.input_name not in request.inputs:
             context.abort(

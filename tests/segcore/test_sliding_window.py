@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from segcore.card import ModelCard, Tiling
 from segcore.metrics import dice
+from segcore.model_folder import SIGNATURE_NAME
 from segcore.pipeline import segment
 from segcore.runner import SavedModelRunner
 from segcore.tiling import gaussian_importance, predict_sliding_window_3d, window_starts
@@ -168,7 +169,7 @@ def make_threshold_model_3d(models_dir: Path, patch: int = 16) -> Path:
 
     path = Path(models_dir) / "bright-3d" / "1"
     module = Threshold3D()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    tf.saved_model.save(module, str(path), signatures={SIGNATURE_NAME: module.serve})
     ModelCard(
         name="bright-3d",
         version=1,

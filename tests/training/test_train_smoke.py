@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from segcore.card import WARMUP_RELPATH, ModelCard
+from segcore.card import ModelCard
+from segcore.model_folder import WARMUP_RELPATH
 from segcore.runner import SavedModelRunner
 from tests.conftest import shared_case
 from training.config import TrainConfig
