@@ -206,47 +206,8 @@ class ModelRegistry:
         # A failure is a verdict on one directory; a directory republished under the same number is new.
         failed = {v: f for v, f in state.failed.items() if v in versions and f.stamp == _stamp(root / str(v))}
         loaded = {v: m for v, m in state.loaded.items() if v in versions}
+        wanted = self._load_wanted(name, versions, loaded, failed)
         pin = self.pinned.get(name)
-
-        def try_load(version: int) -> None:
-            stamp = _stamp(root / str(version))
-            try:
-                model = self._load(name, version)
-            except Exception as exc:  # any failure: keep serving the last good version
-                if isinstance(exc, RetryableLoadError):
-                    log.warning("model_load_deferred model=%s version=%s reason=%s", name, version, exc)
-                    return
-                error = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]  # one log line, one JSON string
-                failed[version] = Failure(error, stamp)
-                telemetry.LOAD_FAILURES.labels(name).inc()
-                log.error("model_load_failed model=%s version=%s error=%s", name, version, error)
-            else:
-                loaded[version] = model
-                weakref.finalize(model, _on_unloaded, name, version).atexit = False
-                log.info(
-                    "model_loaded model=%s version=%s load_ms=%.0f warmup_ms=%.0f",
-                    name,
-                    version,
-                    model.load_ms,
-                    model.warmup_ms,
-                )
-
-        # Newest first, until keep_versions are loaded: a broken newest version lets the next one in.
-        wanted: list[int] = []
-        for version in reversed(versions):
-            if len(wanted) == self.keep_versions:
-                break
-            if version in failed:
-                continue
-            if version not in loaded:
-                try_load(version)
-            if version in loaded:
-                wanted.append(version)
-        if pin is not None and pin in versions and pin not in failed and pin not in loaded:
-            try_load(pin)
-        if pin is not None and pin in loaded:
-            wanted.append(pin)
-
         if pin is not None:
             served = loaded.get(pin)
             if served is None and (state.served is not None or name not in self._states):  # once, not every poll
@@ -255,11 +216,76 @@ class ModelRegistry:
             served = loaded[max(wanted)] if wanted else None
         keep = {v: loaded[v] for v in sorted(set(wanted))}
         previous = state.served
-        dropped = [m for v, m in state.loaded.items() if keep.get(v) is not m]
+        self._swap(state, keep, failed, served, versions)
+        self._announce(name, previous, served)
+        if not keep and not failed and not versions and not (root.is_dir()):
+            self._states.pop(name, None)
+        else:
+            self._states[name] = state
 
+    def _load_wanted(
+        self, name: str, versions: list[int], loaded: dict[int, LoadedModel], failed: dict[int, Failure]
+    ) -> list[int]:
+        """Load what the policy wants (adding to ``loaded`` and ``failed``); returns the versions to keep.
+
+        Newest first, until ``keep_versions`` are loaded: a broken newest version lets the next one in. A
+        pinned version is kept besides those."""
+        wanted: list[int] = []
+        for version in reversed(versions):
+            if len(wanted) == self.keep_versions:
+                break
+            if version in failed:
+                continue
+            if version not in loaded:
+                self._try_load(name, version, loaded, failed)
+            if version in loaded:
+                wanted.append(version)
+        pin = self.pinned.get(name)
+        if pin is not None and pin in versions and pin not in failed and pin not in loaded:
+            self._try_load(name, pin, loaded, failed)
+        if pin is not None and pin in loaded:
+            wanted.append(pin)
+        return wanted
+
+    def _try_load(self, name: str, version: int, loaded: dict[int, LoadedModel], failed: dict[int, Failure]) -> None:
+        """Load and warm one version into ``loaded``, or record why not in ``failed`` (a retryable error
+        records nothing: the next refresh tries again)."""
+        stamp = _stamp(self.models_dir / name / str(version))
+        try:
+            model = self._load(name, version)
+        except Exception as exc:  # any failure: keep serving the last good version
+            if isinstance(exc, RetryableLoadError):
+                log.warning("model_load_deferred model=%s version=%s reason=%s", name, version, exc)
+                return
+            error = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]  # one log line, one JSON string
+            failed[version] = Failure(error, stamp)
+            telemetry.LOAD_FAILURES.labels(name).inc()
+            log.error("model_load_failed model=%s version=%s error=%s", name, version, error)
+            return
+        loaded[version] = model
+        weakref.finalize(model, _on_unloaded, name, version).atexit = False
+        log.info(
+            "model_loaded model=%s version=%s load_ms=%.0f warmup_ms=%.0f",
+            name,
+            version,
+            model.load_ms,
+            model.warmup_ms,
+        )
+
+    @staticmethod
+    def _swap(
+        state: ModelState,
+        keep: dict[int, LoadedModel],
+        failed: dict[int, Failure],
+        served: LoadedModel | None,
+        versions: list[int],
+    ) -> None:
+        """Replace ``state``'s containers; versions no longer kept become *unloading* until their last
+        request lets go. The served reference moves last, in one assignment."""
+        dropped = [m for v, m in state.loaded.items() if keep.get(v) is not m]
         for model in dropped:
             reason = "removed" if model.version not in versions else "superseded"
-            log.info("model_retired model=%s version=%s reason=%s", name, model.version, reason)
+            log.info("model_retired model=%s version=%s reason=%s", state.name, model.version, reason)
         unloading = weakref.WeakValueDictionary({m.version: m for m in dropped})
         for version, model in state.unloading.items():
             unloading.setdefault(version, model)
@@ -267,8 +293,10 @@ class ModelRegistry:
         state.failed = failed
         state.loaded = keep  # version=N lookups see the new set before the default moves
         state.served = served  # the atomic swap
-        del dropped, unloading
 
+    @staticmethod
+    def _announce(name: str, previous: LoadedModel | None, served: LoadedModel | None) -> None:
+        """Log a change of served version and keep the served-version gauge in step."""
         if (previous.version if previous else None) != (served.version if served else None):
             log.info(
                 "model_served model=%s version=%s previous=%s",
@@ -280,10 +308,6 @@ class ModelRegistry:
             telemetry.SERVED_VERSION.labels(name).set(served.version)
         elif previous is not None:
             telemetry.SERVED_VERSION.remove(name)
-        if not keep and not failed and not versions and not (root.is_dir()):
-            self._states.pop(name, None)
-        else:
-            self._states[name] = state
 
     def describe(self, name: str) -> dict:
         """What ``GET /models/{name}`` shows: every version on disk or in memory, with its state.

@@ -360,7 +360,7 @@ def service_backend(name: str, threads: int | None, precision: str):
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="version directory (default: newest bundled)")
     parser.add_argument("--case", type=Path, default=DEFAULT_CASE, help="a 3D FLAIR NIfTI (read in place)")
@@ -377,38 +377,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     parser.add_argument("--rss-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    version_dir = args.model_dir or latest_version_dir(DEFAULT_MODEL)
-    if args.rss_child is not None:
-        rss_child(version_dir, args.rss_child)
-        return 0
-    if not args.case.is_file():
+    if args.rss_child is None and not args.case.is_file():
         parser.error(f"case {args.case} not found (../shared/data is read in place)")
+    return args
 
-    from segcore.threads import apply_thread_env
 
-    apply_thread_env(intra_op=args.intra, inter_op=args.inter)  # before TensorFlow runs any op
-    import tensorflow as tf
-
-    from segcore.card import ModelCard
-    from segcore.metrics import dice
+def build_variants(
+    version_dir: Path, card, model, threads: int, quick: bool
+) -> tuple[dict[str, Segmenter], dict[str, str], dict[str, float]]:
+    """Every variant as a segmenter; peers that fail to convert are reported, not fatal.
+    Returns ``(variants, conversion errors, conversion seconds)``."""
     from segcore.runner import SavedModelRunner
 
-    load_start = load_average()
-    reps = 2 if args.quick else args.reps
-    card = ModelCard.load(version_dir)
-    image = sitk.ReadImage(str(args.case), sitk.sitkFloat32)
-    print(f"model {version_dir}  case {args.case.name} {image.GetSize()}  load avg {load_start}", flush=True)
-
-    variants: dict[str, Segmenter] = {}
-    errors: dict[str, str] = {}
-    service_runner = SavedModelRunner(version_dir, card)
-    model = rebuild_keras(version_dir, card)
-    variants["naive"] = pipeline_segmenter(KerasPredictRunner(model, card))
-    variants["service"] = pipeline_segmenter(service_runner)
-    for size in (None,) if args.quick else (8, 32, None):
+    variants: dict[str, Segmenter] = {
+        "naive": pipeline_segmenter(KerasPredictRunner(model, card)),
+        "service": pipeline_segmenter(SavedModelRunner(version_dir, card)),
+    }
+    for size in (None,) if quick else (8, 32, None):
         variants[f"batched_{size or 'all'}"] = batched_segmenter(model, card, size)
-    threads = args.intra or tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    conversion_s: dict[str, float] = {}
     peers = {
         "onnxruntime": lambda: __import__("benchmarks.onnx_runner").onnx_runner.OnnxRuntimeRunner(
             version_dir, card, threads=threads
@@ -417,8 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         "openvino": lambda: service_backend("openvino", threads, "default")(version_dir, card),
         "openvino_f32": lambda: service_backend("openvino", threads, "f32")(version_dir, card),
     }
-    if args.quick:
+    if quick:
         del peers["openvino_f32"]
+    errors: dict[str, str] = {}
+    conversion_s: dict[str, float] = {}
     for name, build in peers.items():
         t0 = time.perf_counter()
         try:
@@ -429,31 +417,38 @@ def main(argv: list[str] | None = None) -> int:
             continue
         conversion_s[name] = round(time.perf_counter() - t0, 2)
         variants[name] = pipeline_segmenter(runner)
+    return variants, errors, conversion_s
 
-    # Warm-up (one volume each; --quick: naive is warmed on one slice and timed once), then parity masks.
+
+def time_variants(
+    variants: dict[str, Segmenter], image: sitk.Image, model, card, reps: int, quick: bool
+) -> tuple[dict[str, dict], str]:
+    """Warm up each variant on one volume (``quick``: naive is warmed on one slice and timed once), then
+    ``reps`` interleaved timed rounds. Returns per-variant statistics (with ratios and the mask's Dice
+    against the service's) and the fastest variant's name."""
+    from segcore.metrics import dice
+
     masks: dict[str, np.ndarray] = {}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for name, run in variants.items():
         t0 = time.perf_counter()
-        if args.quick and name == "naive":
+        if quick and name == "naive":
             model.predict(np.zeros((1, 240, 240, len(card.modalities)), dtype=np.float32), verbose=0)
         masks[name] = run(image)
         seconds = time.perf_counter() - t0
-        if args.quick and name == "naive":
+        if quick and name == "naive":
             times[name].append(seconds)
         print(f"  warm-up {name:14s} {seconds:7.2f} s", flush=True)
     reference = masks["service"] > 0
     parity = {name: round(dice(mask > 0, reference), 4) for name, mask in masks.items()}
-
     for rep in range(reps):
         for name, run in variants.items():
-            if args.quick and name == "naive":
+            if quick and name == "naive":
                 continue
             t0 = time.perf_counter()
             run(image)
             times[name].append(time.perf_counter() - t0)
         print(f"  rep {rep + 1}/{reps} done, load avg {load_average()}", flush=True)
-
     results = {name: stats(t) for name, t in times.items()}
     naive = results["naive"]["median_s"]
     best = min(results, key=lambda n: results[n]["median_s"])
@@ -461,8 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         r["x_faster_than_naive"] = round(naive / r["median_s"], 2)
         r["x_slower_than_best"] = round(r["median_s"] / results[best]["median_s"], 2)
         r["dice_vs_service"] = parity[name]
+    return results, best
 
-    # FLOPs: the service's crop (one box for the volume) vs naive's full slices.
+
+def flops_report(model, card, image: sitk.Image, results: dict[str, dict], peak: dict) -> dict:
+    """Convolution FLOPs per volume: the service's crop (one box for the volume) vs naive's full slices,
+    and the rate each variant achieved (whole-pipeline time: a lower bound on the kernels' rate)."""
     from segcore.pipeline import prepare
     from segcore.tiling import crop_box
 
@@ -474,27 +473,72 @@ def main(argv: list[str] | None = None) -> int:
     full_hw = tuple(-(-s // div) * div for s in channels.shape[2:])
     flops_service = conv_flops(model, box_hw) * run_slices
     flops_naive = conv_flops(model, full_hw) * channels.shape[1]
-    peak = machine_peak()
-    flops = {
+    achieved = {
+        name: round((flops_naive if name == "naive" else flops_service) / r["median_s"] / 1e9, 1)
+        for name, r in results.items()
+    }
+    return {
         "service_box_hw": list(box_hw),
         "service_slices_run": run_slices,
         "naive_slice_hw": list(full_hw),
         "naive_slices_run": int(channels.shape[1]),
         "gflop_per_volume_service": round(flops_service / 1e9, 1),
         "gflop_per_volume_naive": round(flops_naive / 1e9, 1),
-        "achieved_gflops": {},
+        "achieved_gflops": achieved,
+        "service_fraction_of_nominal_peak": round(achieved["service"] / peak["nominal_peak_gflops_fp32"], 3),
+        "service_fraction_of_sgemm": round(achieved["service"] / peak["sgemm_2048_gflops_measured"], 3),
     }
-    for name, r in results.items():
-        work = flops_naive if name == "naive" else flops_service
-        achieved = work / r["median_s"] / 1e9  # whole-pipeline time: a lower bound on the kernels' rate
-        flops["achieved_gflops"][name] = round(achieved, 1)
-    flops["service_fraction_of_nominal_peak"] = round(
-        flops["achieved_gflops"]["service"] / peak["nominal_peak_gflops_fp32"], 3
-    )
-    flops["service_fraction_of_sgemm"] = round(
-        flops["achieved_gflops"]["service"] / peak["sgemm_2048_gflops_measured"], 3
-    )
 
+
+def end_to_end(args: argparse.Namespace, version_dir: Path, card, variants: dict[str, Segmenter], reps: int) -> dict:
+    """The slow parts of a full run: HTTP end to end per backend, validation Dice, peak RSS."""
+    extra: dict = {}
+    if not (args.quick or args.no_http):
+        print("  HTTP end to end ...", flush=True)
+        extra["http"] = {
+            backend: measure_http(
+                version_dir, args.case, reps, {"intra_op": args.intra, "inter_op": args.inter}, backend
+            )
+            for backend in ("inprocess", "openvino")
+            if backend == "inprocess" or "openvino" in variants
+        }
+        print("  validation Dice ...", flush=True)
+        extra["validation_dice"] = validation_dice(
+            card, {n: variants[n] for n in ("service", "openvino", "openvino_f32") if n in variants}
+        )
+    if not (args.quick or args.no_rss):
+        print("  peak RSS ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
+            extra["peak_rss"] = {
+                "brats_240x240x155": measure_rss(version_dir, args.case),
+                "synthetic_512x512x300": measure_rss(version_dir, synthetic_study(Path(tmp) / "big.nii")),
+            }
+    return extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    version_dir = args.model_dir or latest_version_dir(DEFAULT_MODEL)
+    if args.rss_child is not None:
+        rss_child(version_dir, args.rss_child)
+        return 0
+    from segcore.threads import apply_thread_env
+
+    apply_thread_env(intra_op=args.intra, inter_op=args.inter)  # before TensorFlow runs any op
+    import tensorflow as tf
+
+    from segcore.card import ModelCard
+
+    load_start = load_average()
+    reps = 2 if args.quick else args.reps
+    card = ModelCard.load(version_dir)
+    image = sitk.ReadImage(str(args.case), sitk.sitkFloat32)
+    print(f"model {version_dir}  case {args.case.name} {image.GetSize()}  load avg {load_start}", flush=True)
+    model = rebuild_keras(version_dir, card)
+    threads = args.intra or tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+    variants, errors, conversion_s = build_variants(version_dir, card, model, threads, args.quick)
+    results, best = time_variants(variants, image, model, card, reps, args.quick)
+    peak = machine_peak()
     report: dict = {
         "model": str(version_dir.relative_to(version_dir.parents[2]) if len(version_dir.parents) > 2 else version_dir),
         "case": args.case.name,
@@ -508,34 +552,15 @@ def main(argv: list[str] | None = None) -> int:
             "note": "0 = TensorFlow's default (all cores); one process, so naive shares the service's pools",
         },
         "variants": results,
-        "speedup_service_vs_naive": round(naive / results["service"]["median_s"], 2),
+        "speedup_service_vs_naive": round(results["naive"]["median_s"] / results["service"]["median_s"], 2),
         "best_variant": best,
         "service_vs_best_ratio": round(results["service"]["median_s"] / results[best]["median_s"], 2),
         "conversion_seconds": conversion_s,
         "conversion_errors": errors,
-        "flops": flops,
+        "flops": flops_report(model, card, image, results, peak),
         "machine": {**peak, "python": platform.python_version(), "tensorflow": tf.__version__},
+        **end_to_end(args, version_dir, card, variants, reps),
     }
-    if not (args.quick or args.no_http):
-        print("  HTTP end to end ...", flush=True)
-        report["http"] = {
-            backend: measure_http(
-                version_dir, args.case, reps, {"intra_op": args.intra, "inter_op": args.inter}, backend
-            )
-            for backend in ("inprocess", "openvino")
-            if backend == "inprocess" or "openvino" in variants
-        }
-        print("  validation Dice ...", flush=True)
-        report["validation_dice"] = validation_dice(
-            card, {n: variants[n] for n in ("service", "openvino", "openvino_f32") if n in variants}
-        )
-    if not (args.quick or args.no_rss):
-        print("  peak RSS ...", flush=True)
-        with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
-            report["peak_rss"] = {
-                "brats_240x240x155": measure_rss(version_dir, args.case),
-                "synthetic_512x512x300": measure_rss(version_dir, synthetic_study(Path(tmp) / "big.nii")),
-            }
     report["load_average"] = {"start": load_start, "end": load_average()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

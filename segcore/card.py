@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +20,7 @@ from segcore.model_folder import CARD_RELPATH
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (4,)}
 
 Modality = Literal["t1", "t1c", "t2", "flair"]
+MODALITY_NAMES: tuple[str, ...] = get_args(Modality)
 MODALITY_ALIASES: dict[str, str] = {"t1ce": "t1c", "t1gd": "t1c"}
 
 

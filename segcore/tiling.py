@@ -14,6 +14,7 @@ overlap. Accumulators are float32 of the (cropped) volume size; one patch is in 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -93,9 +94,7 @@ def predict_slices_2d(
     return probs
 
 
-def probabilities_to_labels(
-    probs: np.ndarray, labels: dict[int, str], activation: str, threshold: float
-) -> np.ndarray:
+def probabilities_to_labels(probs: np.ndarray, labels: dict[int, str], activation: str, threshold: float) -> np.ndarray:
     """Turn ``[K, Z, Y, X]`` probabilities into a uint8 label map ``[Z, Y, X]``.
 
     Sigmoid: one channel, voxels at or above ``threshold`` get the single label value. Softmax: channel 0
@@ -156,6 +155,23 @@ def brain_box_3d(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
     return box[0], box[1], box[2]
 
 
+def _predict_flips(
+    predict: PredictFn, batch: np.ndarray, flips: list[tuple[int, ...]], out_channels: int
+) -> np.ndarray:
+    """The network's answer for ``batch`` ``[1, z, y, x, C]``, averaged over the axis ``flips`` (each
+    prediction flipped back first): float32 ``[z, y, x, K]``. One flip ``()`` is plain inference."""
+    out = None
+    for axes in flips:
+        pred = predict(np.flip(batch, axes) if axes else batch)
+        if pred.shape[:4] != batch.shape[:4] or pred.shape[4] != out_channels:
+            raise ValueError(f"model returned shape {pred.shape} for input {batch.shape}")
+        pred = np.flip(pred, axes) if axes else pred
+        out = pred[0].astype(np.float32, copy=True) if out is None else out + pred[0]
+    if len(flips) > 1:
+        out /= np.float32(len(flips))
+    return out
+
+
 def predict_sliding_window_3d(
     volume: np.ndarray,
     brain: np.ndarray,
@@ -199,28 +215,18 @@ def predict_sliding_window_3d(
     batch = np.zeros((1, *patch, channels), dtype=np.float32)  # the one input buffer, reused
     flips = [(), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)] if mirror else [()]
     starts = [window_starts(padded[a], patch[a], overlap) for a in range(3)]
-    for z0 in starts[0]:
-        for y0 in starts[1]:
-            for x0 in starts[2]:
-                # The part of the patch inside the real (unpadded) box; the rest of the buffer stays 0.
-                zs, ys, xs = (slice(s0, min(s0 + p, r)) for s0, p, r in zip((z0, y0, x0), patch, region, strict=True))
-                if skip_empty and not brain_box[zs, ys, xs].any():
-                    continue
-                batch.fill(0.0)
-                dz, dy, dx = zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start
-                batch[0, :dz, :dy, :dx, :] = np.moveaxis(src[:, zs, ys, xs], 0, -1)
-                out = None
-                for axes in flips:
-                    pred = predict(np.flip(batch, axes) if axes else batch)
-                    if pred.shape[:4] != batch.shape[:4] or pred.shape[4] != out_channels:
-                        raise ValueError(f"model returned shape {pred.shape} for input {batch.shape}")
-                    pred = np.flip(pred, axes) if axes else pred
-                    out = pred[0].astype(np.float32, copy=True) if out is None else out + pred[0]
-                if len(flips) > 1:
-                    out /= np.float32(len(flips))
-                window = (slice(z0, z0 + patch[0]), slice(y0, y0 + patch[1]), slice(x0, x0 + patch[2]))
-                acc[(slice(None), *window)] += np.moveaxis(out, -1, 0) * importance
-                weight_sum[window] += importance
+    for z0, y0, x0 in itertools.product(*starts):
+        # The part of the patch inside the real (unpadded) box; the rest of the buffer stays 0.
+        zs, ys, xs = (slice(s0, min(s0 + p, r)) for s0, p, r in zip((z0, y0, x0), patch, region, strict=True))
+        if skip_empty and not brain_box[zs, ys, xs].any():
+            continue
+        batch.fill(0.0)
+        dz, dy, dx = zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start
+        batch[0, :dz, :dy, :dx, :] = np.moveaxis(src[:, zs, ys, xs], 0, -1)
+        out = _predict_flips(predict, batch, flips, out_channels)
+        window = (slice(z0, z0 + patch[0]), slice(y0, y0 + patch[1]), slice(x0, x0 + patch[2]))
+        acc[(slice(None), *window)] += np.moveaxis(out, -1, 0) * importance
+        weight_sum[window] += importance
     covered = weight_sum > 0
     np.divide(acc, weight_sum, out=acc, where=covered)
     acc[:, ~covered] = 0.0

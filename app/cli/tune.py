@@ -131,6 +131,53 @@ def env_lines(best: dict, out: Path) -> list[str]:
     return lines
 
 
+def openmp_check(base: dict, intra: int, cores: int, timeout: float) -> tuple[dict, list[dict[str, str]]]:
+    """Whether an OpenMP runtime is loaded, and so whether OMP/KMP variables join the grid (see the module
+    docstring). Returns the report entry and the extra environments to try."""
+    unset = trial_subprocess({**base, "intra": intra, "inter": 1, "env": {}}, timeout)
+    one = trial_subprocess({**base, "intra": intra, "inter": 1, "env": {"OMP_NUM_THREADS": "1"}}, timeout)
+    loaded = unset.get("openmp_runtime_loaded", [])
+    openmp = {
+        "checked": True,
+        "openmp_runtime_loaded": loaded,
+        "ms_unset": unset.get("ms_per_call_median"),
+        "ms_omp_num_threads_1": one.get("ms_per_call_median"),
+        "honoured": bool(loaded),
+        "verdict": (
+            f"OpenMP runtime loaded ({', '.join(loaded)}): OMP_NUM_THREADS/KMP_BLOCKTIME are in the grid"
+            if loaded
+            else "no OpenMP runtime is loaded by this TensorFlow build (oneDNN uses TensorFlow's own thread "
+            "pool), so OMP_NUM_THREADS/KMP_* cannot change anything; left out of the grid"
+        ),
+    }
+    extra_envs: list[dict[str, str]] = [{}]
+    if loaded:
+        extra_envs = [{}, {"OMP_NUM_THREADS": str(cores), "KMP_BLOCKTIME": "1"}, {"KMP_BLOCKTIME": "0"}]
+    print(
+        f"OpenMP check: {openmp['verdict']} (unset {openmp['ms_unset']} ms, OMP_NUM_THREADS=1 "
+        f"{openmp['ms_omp_num_threads_1']} ms per call)",
+        flush=True,
+    )
+    return openmp, extra_envs
+
+
+def print_report(ok: list[dict], trials: list[dict], best: dict, out: Path) -> None:
+    """The trials as a table (fastest first), the failures, and the lines to paste into a deployment."""
+    print(f"\n{'intra':>5s} {'inter':>5s} {'env':24s} {'ms/call':>8s} {'min':>8s} {'vs best':>8s}")
+    for t in sorted(ok, key=lambda t: t["ms_per_call_median"]):
+        env = " ".join(f"{k}={v}" for k, v in t["env"].items()) or "-"
+        print(
+            f"{t['intra']:5d} {t['inter']:5d} {env:24s} {t['ms_per_call_median']:8.1f} {t['ms_per_call_min']:8.1f} "
+            f"{t['ms_per_call_median'] / best['ms_per_call']:7.2f}x"
+        )
+    for t in trials:
+        if "error" in t:
+            print(f"  intra={t['intra']} inter={t['inter']} failed: {t['error'][:200]}")
+    print(f"\nwrote {out}; for docker-compose (environment:) or a shell:")
+    for line in env_lines(best, out):
+        print(f"  {line}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, default=None, help="default: SEG_MODELS_DIR")
@@ -161,32 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     openmp: dict = {"checked": False}
     extra_envs: list[dict[str, str]] = [{}]
     if not args.skip_openmp_check:
-        unset = trial_subprocess({**base, "intra": max(intra_grid), "inter": 1, "env": {}}, args.timeout)
-        one = trial_subprocess(
-            {**base, "intra": max(intra_grid), "inter": 1, "env": {"OMP_NUM_THREADS": "1"}}, args.timeout
-        )
-        loaded = unset.get("openmp_runtime_loaded", [])
-        openmp = {
-            "checked": True,
-            "openmp_runtime_loaded": loaded,
-            "ms_unset": unset.get("ms_per_call_median"),
-            "ms_omp_num_threads_1": one.get("ms_per_call_median"),
-            "honoured": bool(loaded),
-            "verdict": (
-                f"OpenMP runtime loaded ({', '.join(loaded)}): OMP_NUM_THREADS/KMP_BLOCKTIME are in the grid"
-                if loaded
-                else "no OpenMP runtime is loaded by this TensorFlow build (oneDNN uses TensorFlow's own thread "
-                "pool), so OMP_NUM_THREADS/KMP_* cannot change anything; left out of the grid"
-            ),
-        }
-        if loaded:
-            extra_envs = [{}, {"OMP_NUM_THREADS": str(cores), "KMP_BLOCKTIME": "1"}, {"KMP_BLOCKTIME": "0"}]
-        print(
-            f"OpenMP check: {openmp['verdict']} (unset {openmp['ms_unset']} ms, OMP_NUM_THREADS=1 "
-            f"{openmp['ms_omp_num_threads_1']} ms per call)",
-            flush=True,
-        )
-
+        openmp, extra_envs = openmp_check(base, max(intra_grid), cores, args.timeout)
     trials = []
     for intra in intra_grid:
         for inter in inter_grid:
@@ -219,19 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"\n{'intra':>5s} {'inter':>5s} {'env':24s} {'ms/call':>8s} {'min':>8s} {'vs best':>8s}")
-    for t in sorted(ok, key=lambda t: t["ms_per_call_median"]):
-        env = " ".join(f"{k}={v}" for k, v in t["env"].items()) or "-"
-        print(
-            f"{t['intra']:5d} {t['inter']:5d} {env:24s} {t['ms_per_call_median']:8.1f} {t['ms_per_call_min']:8.1f} "
-            f"{t['ms_per_call_median'] / best['ms_per_call']:7.2f}x"
-        )
-    for t in trials:
-        if "error" in t:
-            print(f"  intra={t['intra']} inter={t['inter']} failed: {t['error'][:200]}")
-    print(f"\nwrote {args.out}; for docker-compose (environment:) or a shell:")
-    for line in env_lines(best, args.out):
-        print(f"  {line}")
+    print_report(ok, trials, best, args.out)
     return 0
 
 

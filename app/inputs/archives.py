@@ -41,6 +41,63 @@ def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def _checked_members(zf: zipfile.ZipFile, label: str, limits: ArchiveLimits) -> list[zipfile.ZipInfo]:
+    """The members worth extracting (no directories, no macOS/Windows litter), after the checks that need
+    no decompression: member count, absolute paths, ``..``, symlinks, encryption, emptiness."""
+    infos = [
+        i
+        for i in zf.infolist()
+        if not i.is_dir()
+        and not i.filename.startswith(_IGNORED)
+        and PurePosixPath(i.filename).name not in _IGNORED_NAMES
+    ]
+    if len(zf.infolist()) > limits.max_members:
+        raise ApiError(
+            413,
+            "archive_too_large",
+            f"{label} holds {len(zf.infolist())} entries; at most {limits.max_members} are accepted",
+        )
+    for info in infos:
+        reason = _unsafe_reason(info)
+        if reason:
+            raise ApiError(422, "unsafe_archive", f"{label} contains an {reason}; refusing the archive")
+    if not infos:
+        raise ApiError(422, "empty_archive", f"{label} contains no files")
+    return infos
+
+
+def _copy_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, label: str, limits: ArchiveLimits, total: int
+) -> int:
+    """Decompress one member to ``target`` in chunks, counting the bytes actually produced against the
+    archive's total (``total`` so far) and the member's compression ratio; returns the new total."""
+    written = 0
+    try:
+        with zf.open(info) as src, target.open("xb") as dst:
+            while chunk := src.read(_CHUNK):
+                written += len(chunk)
+                total += len(chunk)
+                if total > limits.max_total_bytes:
+                    raise ApiError(
+                        413,
+                        "archive_too_large",
+                        f"{label} unpacks to more than {limits.max_total_bytes >> 20} MB; refusing it",
+                    )
+                if written > _CHUNK and written > limits.max_ratio * max(info.compress_size, 1):
+                    raise ApiError(
+                        413,
+                        "archive_too_large",
+                        f'"{info.filename}" in {label} expands more than {limits.max_ratio:.0f}x '
+                        "(a zip bomb?); refusing the archive",
+                    )
+                dst.write(chunk)
+    except ApiError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, NotImplementedError) as exc:
+        raise ApiError(400, "corrupt_file", f'"{info.filename}" in {label} cannot be unpacked ({exc})') from None
+    return total
+
+
 def extract_zip(archive: Path, destination: Path, label: str, limits: ArchiveLimits) -> list[tuple[str, Path]]:
     """Extract ``archive`` into ``destination``; returns ``(name in archive, extracted path)`` pairs."""
     try:
@@ -48,62 +105,12 @@ def extract_zip(archive: Path, destination: Path, label: str, limits: ArchiveLim
     except (zipfile.BadZipFile, OSError) as exc:
         raise ApiError(400, "corrupt_file", f"{label} is not a readable zip archive ({exc})") from None
     with zf:
-        infos = [
-            i
-            for i in zf.infolist()
-            if not i.is_dir()
-            and not i.filename.startswith(_IGNORED)
-            and PurePosixPath(i.filename).name not in _IGNORED_NAMES
-        ]
-        if len(zf.infolist()) > limits.max_members:
-            raise ApiError(
-                413,
-                "archive_too_large",
-                f"{label} holds {len(zf.infolist())} entries; at most {limits.max_members} are accepted",
-            )
-        for info in infos:
-            reason = _unsafe_reason(info)
-            if reason:
-                raise ApiError(422, "unsafe_archive", f"{label} contains an {reason}; refusing the archive")
-        if not infos:
-            raise ApiError(422, "empty_archive", f"{label} contains no files")
+        infos = _checked_members(zf, label, limits)
         destination.mkdir(parents=True, exist_ok=True)
         total = 0
         extracted = []
         for index, info in enumerate(infos):
             target = destination / f"{index:05d}.dcm"
-            written = 0
-            try:
-                with zf.open(info) as src, target.open("xb") as dst:
-                    while chunk := src.read(_CHUNK):
-                        written += len(chunk)
-                        total += len(chunk)
-                        if total > limits.max_total_bytes:
-                            raise ApiError(
-                                413,
-                                "archive_too_large",
-                                f"{label} unpacks to more than {limits.max_total_bytes >> 20} MB; refusing it",
-                            )
-                        if written > _CHUNK and written > limits.max_ratio * max(info.compress_size, 1):
-                            raise ApiError(
-                                413,
-                                "archive_too_large",
-                                f'"{info.filename}" in {label} expands more than {limits.max_ratio:.0f}x '
-                                "(a zip bomb?); refusing the archive",
-                            )
-                        dst.write(chunk)
-            except ApiError:
-                raise
-            except (
-                zipfile.BadZipFile,
-                zipfile.LargeZipFile,
-                zlib.error,
-                OSError,
-                EOFError,
-                NotImplementedError,
-            ) as exc:
-                raise ApiError(
-                    400, "corrupt_file", f'"{info.filename}" in {label} cannot be unpacked ({exc})'
-                ) from None
+            total = _copy_member(zf, info, target, label, limits, total)
             extracted.append((info.filename, target))
         return extracted

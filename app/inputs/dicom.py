@@ -68,9 +68,8 @@ def read_headers(files: list[tuple[str, Path]], label: str) -> list[tuple[str, P
     return headers
 
 
-def read_series(files: list[tuple[str, Path]], label: str, max_voxels: int) -> DicomSeries:
-    """Validate and read one DICOM series given as ``(client name, path)`` pairs."""
-    headers = read_headers(files, label)
+def _check_one_mr_series(headers: list[tuple[str, Path, Dataset]], label: str) -> None:
+    """One series, MR, classic single-frame images: what a technologist checks first."""
     by_series: dict[str, list[tuple[str, Path, Dataset]]] = defaultdict(list)
     for entry in headers:
         by_series[str(entry[2].get("SeriesInstanceUID", "missing"))].append(entry)
@@ -84,18 +83,21 @@ def read_series(files: list[tuple[str, Path]], label: str, max_voxels: int) -> D
         raise ApiError(
             422, "not_mr", f"{label} is {'/'.join(sorted(modalities))}, not MR; this service segments brain MRI"
         )
-    first = headers[0][2]
     if any(int(e[2].get("NumberOfFrames", 1) or 1) > 1 for e in headers):
         raise ApiError(
             422, "multiframe_unsupported", f"{label} is an enhanced (multi-frame) object; send classic MR images"
         )
-    temporal = int(first.get("NumberOfTemporalPositions", 1) or 1)
+
+
+def _slice_order(headers: list[tuple[str, Path, Dataset]], label: str) -> np.ndarray:
+    """Indices of ``headers`` sorted along the slice normal, after checking that the slices form one regular
+    3D stack: one orientation, one position per slice (not 4D), at least two slices, even gaps."""
+    temporal = int(headers[0][2].get("NumberOfTemporalPositions", 1) or 1)
     geometry = [_geometry(ds, name, label) for name, _, ds in headers]
     orientations = np.array([g[0] for g in geometry])
     if not np.allclose(orientations, orientations[0], atol=1e-3):
         raise ApiError(422, "inconsistent_orientation", f"the slices of {label} have different orientations")
-    row, col = orientations[0][:3], orientations[0][3:]
-    normal = np.cross(row, col)
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
     distances = np.array([float(np.dot(g[1], normal)) for g in geometry])
     rounded = np.round(distances, 3)
     if temporal > 1 or len(np.unique(rounded)) < len(rounded):
@@ -118,14 +120,18 @@ def read_series(files: list[tuple[str, Path]], label: str, max_voxels: int) -> D
             f"{label} has uneven slice spacing (gaps {gaps.min():.2f}-{gaps.max():.2f} mm, typically {median:.2f} mm):"
             " slices are missing or the series is not a regular stack",
         )
-    shapes = {(int(e[2].Rows), int(e[2].Columns)) for e in headers}
+    return order
+
+
+def _read_pixels(ordered: list[tuple[str, Path, Dataset]], label: str, max_voxels: int) -> sitk.Image:
+    """The voxels of slices already in order, as one float32 3D image (GDCM), after the size checks."""
+    shapes = {(int(e[2].Rows), int(e[2].Columns)) for e in ordered}
     if len(shapes) != 1:
         raise ApiError(422, "inconsistent_size", f"the slices of {label} have different sizes: {sorted(shapes)}")
     rows, cols = shapes.pop()
-    voxels = rows * cols * len(headers)
+    voxels = rows * cols * len(ordered)
     if voxels > max_voxels:
         raise ApiError(422, "image_too_large", f"{label} has {voxels} voxels; the limit is {max_voxels}")
-    ordered = [headers[i] for i in order]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(path) for _, path, _ in ordered])
     reader.SetOutputPixelType(sitk.sitkFloat32)
@@ -139,4 +145,13 @@ def read_series(files: list[tuple[str, Path]], label: str, max_voxels: int) -> D
         raise ApiError(422, "wrong_dimensions", f"{label} did not read as one 3D volume")
     if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
         raise ApiError(422, "non_finite_values", f"{label} contains NaN or infinite values")
-    return DicomSeries(image=image, datasets=[ds for _, _, ds in ordered], description=_describe(first))
+    return image
+
+
+def read_series(files: list[tuple[str, Path]], label: str, max_voxels: int) -> DicomSeries:
+    """Validate and read one DICOM series given as ``(client name, path)`` pairs."""
+    headers = read_headers(files, label)
+    _check_one_mr_series(headers, label)
+    ordered = [headers[i] for i in _slice_order(headers, label)]
+    image = _read_pixels(ordered, label, max_voxels)
+    return DicomSeries(image=image, datasets=[ds for _, _, ds in ordered], description=_describe(headers[0][2]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from typing import Literal
+from typing import Literal, get_args
 
 from app.errors import ApiError
 from app.inputs.nifti import nifti_header
@@ -12,6 +12,7 @@ from app.inputs.uploads import UploadedFile
 
 UploadKind = Literal["nifti", "nifti-gz", "dicom", "zip"]
 """The kinds of file ``sniff`` recognises; anything else is refused with 415."""
+UPLOAD_KINDS: tuple[str, ...] = get_args(UploadKind)
 
 
 def sniff(upload: UploadedFile) -> UploadKind:

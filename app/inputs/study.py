@@ -20,10 +20,8 @@ from app.inputs.dicom import DicomSeries, read_series
 from app.inputs.nifti import read_nifti
 from app.inputs.sniff import sniff
 from app.inputs.uploads import UploadedFile
-from segcore.card import MODALITY_ALIASES, ModelCard, canonical_modality
+from segcore.card import MODALITY_ALIASES, MODALITY_NAMES, ModelCard, canonical_modality
 from segcore.geometry import physical_overlap, same_grid
-
-KNOWN_MODALITIES = ("t1", "t1c", "t2", "flair")
 
 
 @dataclass
@@ -74,8 +72,8 @@ def read_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) 
     by_field: dict[str, list[UploadedFile]] = defaultdict(list)
     for upload in files:
         modality = canonical_modality(upload.field)
-        if modality not in KNOWN_MODALITIES:
-            accepted = ", ".join([*KNOWN_MODALITIES, *MODALITY_ALIASES])
+        if modality not in MODALITY_NAMES:
+            accepted = ", ".join([*MODALITY_NAMES, *MODALITY_ALIASES])
             raise ApiError(422, "unknown_field", f'unknown field "{upload.field}"; use one of: {accepted}')
         by_field[modality].append(upload)
     missing = [m for m in card.modalities if m not in by_field]

@@ -31,12 +31,57 @@ class UploadedFile:
 
 @dataclass
 class _State:
+    """The multipart parser's callbacks and what they have seen so far: each file part is written
+    straight to a file in ``directory`` as it arrives."""
+
     directory: Path
     files: list[UploadedFile] = field(default_factory=list)
     header_field: bytes = b""
     headers: dict[bytes, bytes] = field(default_factory=dict)
     current: UploadedFile | None = None
     handle: BinaryIO | None = None
+
+    def on_part_begin(self) -> None:
+        self.headers = {}
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        key = self.header_field.lower()
+        self.headers[key] = self.headers.get(key, b"") + data[start:end]
+
+    def on_header_end(self) -> None:
+        self.header_field = b""
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self.headers.get(b"content-disposition", b""))
+        name = params.get(b"name", b"").decode("utf-8", errors="replace")
+        filename = params.get(b"filename")
+        if filename is None:  # a plain form field: nothing in our API uses one
+            raise ApiError(422, "unexpected_field", f'form field "{name}" is not a file; send files only')
+        if len(self.files) >= MAX_PARTS:
+            raise ApiError(413, "too_many_files", f"more than {MAX_PARTS} files in one request")
+        client_name = filename.decode("utf-8", errors="replace")
+        safe = _SAFE_NAME.sub("_", Path(client_name.replace("\\", "/")).name)[-80:] or "upload"
+        path = self.directory / f"{len(self.files):05d}-{safe}"
+        self.current = UploadedFile(name, client_name, path)
+        self.handle = path.open("xb")
+        self.files.append(self.current)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.handle is not None and self.current is not None:
+            self.handle.write(data[start:end])
+            self.current.size += end - start
+
+    def on_part_end(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        self.handle, self.current = None, None
+
+    def callbacks(self) -> dict[str, object]:
+        events = ("part_begin", "header_field", "header_value", "header_end", "headers_finished", "part_data")
+        return {f"on_{e}": getattr(self, f"on_{e}") for e in (*events, "part_end")}
 
 
 def _content_boundary(content_type: str | None) -> bytes:
@@ -61,57 +106,7 @@ async def receive_files(
     if content_length and content_length.isdigit() and int(content_length) > limit:
         raise too_large
     state = _State(directory)
-
-    def on_part_begin() -> None:
-        state.headers = {}
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state.header_field += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        key = state.header_field.lower()
-        state.headers[key] = state.headers.get(key, b"") + data[start:end]
-
-    def on_header_end() -> None:
-        state.header_field = b""
-
-    def on_headers_finished() -> None:
-        _, params = parse_options_header(state.headers.get(b"content-disposition", b""))
-        name = params.get(b"name", b"").decode("utf-8", errors="replace")
-        filename = params.get(b"filename")
-        if filename is None:  # a plain form field: nothing in our API uses one
-            raise ApiError(422, "unexpected_field", f'form field "{name}" is not a file; send files only')
-        if len(state.files) >= MAX_PARTS:
-            raise ApiError(413, "too_many_files", f"more than {MAX_PARTS} files in one request")
-        client_name = filename.decode("utf-8", errors="replace")
-        safe = _SAFE_NAME.sub("_", Path(client_name.replace("\\", "/")).name)[-80:] or "upload"
-        path = directory / f"{len(state.files):05d}-{safe}"
-        state.current = UploadedFile(name, client_name, path)
-        state.handle = path.open("xb")
-        state.files.append(state.current)
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state.handle is not None and state.current is not None:
-            state.handle.write(data[start:end])
-            state.current.size += end - start
-
-    def on_part_end() -> None:
-        if state.handle is not None:
-            state.handle.close()
-        state.handle, state.current = None, None
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    parser = MultipartParser(boundary, state.callbacks())
     received = 0
     try:
         async for chunk in stream:

@@ -10,6 +10,7 @@ checked against the content, not trusted.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import shutil
 import threading
@@ -28,6 +29,8 @@ from tests.helpers import make_broken_version, make_threshold_model, synthetic_h
 CLIENTS = 4
 PHASE_SECONDS = 6.0  # load kept on v1, then on v2, then after the corrupt v3: ~20 s in all
 OFFSETS = {1: 2.0, 2: 0.0}  # threshold offsets of v1 and v2 (see tests.helpers.make_threshold_model)
+
+logger = logging.getLogger(__name__)  # what the run measured, shown with pytest --log-cli-level=INFO
 
 
 @dataclass
@@ -142,8 +145,8 @@ def test_publishing_under_load_swaps_without_a_failed_request(tmp_path):
         # Resolved after the swap (they started once a v2 answer had come back): all v2.
         assert {o.version for o in outcomes if o.started > first_v2} == {2}
         assert sum(o.started > v3_failed for o in outcomes) >= CLIENTS
-        print(
-            f"\nhot swap: {len(outcomes)} requests in {load_seconds:.1f} s from {CLIENTS} clients, "
+        logger.info(
+            f"hot swap: {len(outcomes)} requests in {load_seconds:.1f} s from {CLIENTS} clients, "
             f"{sum(o.version == 1 for o in outcomes)} on v1, {sum(o.version == 2 for o in outcomes)} on v2, "
             f"0 failed"
         )
@@ -154,7 +157,7 @@ def test_publishing_under_load_swaps_without_a_failed_request(tmp_path):
             states = {v["version"]: v for v in described["versions"]}
             assert {v: s["state"] for v, s in states.items()} == {1: "loaded", 2: "serving", 3: "failed"}
             assert "saved_model.pb" in states[3]["error"]
-            print(f"v2 load_ms={states[2]['load_ms']} warmup_ms={states[2]['warmup_ms']}")
+            logger.info(f"v2 load_ms={states[2]['load_ms']} warmup_ms={states[2]['warmup_ms']}")
 
             # The previous version is still loaded (SEG_KEEP_VERSIONS=2) and answers when asked for.
             r = client.post(

@@ -5,18 +5,22 @@ import asyncio
 from fastapi import APIRouter
 
 from app.api.deps import RegistryDep
+from app.api.schemas import ErrorBody, ModelDescription, ModelList
 from app.errors import ApiError
 from app.registry import UnknownModel
 
 router = APIRouter(prefix="/models", tags=["models"])
+# Fields that do not apply (a version's error unless it failed, load times until it is loaded) are left out.
+_DESCRIBED = {"response_model": ModelDescription, "response_model_exclude_unset": True}
+_UNKNOWN = {404: {"model": ErrorBody, "description": "no such model"}}
 
 
-@router.get("")
+@router.get("", response_model=ModelList, response_model_exclude_unset=True)
 async def list_models(registry: RegistryDep) -> dict:
     return {"models": [registry.describe(name) for name in registry.names()]}
 
 
-@router.get("/{name}")
+@router.get("/{name}", **_DESCRIBED, responses=_UNKNOWN)
 async def get_model(name: str, registry: RegistryDep) -> dict:
     """Served version, version policy, the served card, and every version with its state: ``serving``,
     ``loaded`` (request it with ``version=N``), ``unloading``, ``failed`` (with the error) or ``available``."""
@@ -26,7 +30,7 @@ async def get_model(name: str, registry: RegistryDep) -> dict:
         raise ApiError(404, "unknown_model", f'no model named "{name}"') from None
 
 
-@router.post("/{name}/reload")
+@router.post("/{name}/reload", **_DESCRIBED, responses=_UNKNOWN)
 async def reload_model(name: str, registry: RegistryDep) -> dict:
     """Rescan ``models_dir/<name>`` now and apply the version policy (what the poller does every
     ``SEG_POLL_SECONDS``); answers with the model's state afterwards."""

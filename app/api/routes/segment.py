@@ -9,19 +9,55 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 
 from app.api.deps import ServiceDep, SettingsDep
+from app.api.schemas import ErrorBody, SegmentationSummary
 from app.errors import ApiError
+from app.inputs.sniff import UPLOAD_KINDS
 from app.inputs.uploads import receive_files
 from app.outputs.formats import FORMATS
+from segcore.card import MODALITY_ALIASES, MODALITY_NAMES
 
 router = APIRouter(tags=["segment"])
 
+# The multipart body is parsed as a stream (app.inputs.uploads), not by FastAPI, so it is described here.
+_FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
+_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "description": (
+                    "one field per modality the model needs (aliases: "
+                    + ", ".join(f"{a} = {m}" for a, m in MODALITY_ALIASES.items())
+                    + "); each file is sniffed by content as one of: "
+                    + ", ".join(UPLOAD_KINDS)
+                    + " (a NIfTI volume, or a DICOM series as several files or one zip)"
+                ),
+                "properties": dict.fromkeys(MODALITY_NAMES, _FILES),
+            }
+        }
+    },
+}
+_ANSWERS = {
+    200: {
+        "model": SegmentationSummary,
+        "description": "the mask (nifti, dicom-seg), the summary (json) or a preview (png)",
+        "content": {f.media_type: {} for f in FORMATS.values() if f.media_type != "application/json"},
+    },
+    **{status: {"model": ErrorBody} for status in (400, 404, 413, 415, 422, 503)},
+}
 
-@router.post("/segment")
+
+@router.post("/segment", responses=_ANSWERS, openapi_extra={"requestBody": _BODY})
 async def segment_study(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
-    format: str = Query("nifti", description="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values())),
+    format: str = Query(
+        "nifti",
+        description="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()),
+        json_schema_extra={"enum": list(FORMATS)},  # checked against the table below: 400 unknown_format
+    ),
     model: str | None = Query(None, description="model name (default: SEG_DEFAULT_MODEL)"),
     version: int | None = Query(None, ge=1, description="model version (default: the served one)"),
 ):

@@ -1,0 +1,101 @@
+"""The JSON shapes of the HTTP API (DESIGN §3), as pydantic models: what OpenAPI (``/docs``) shows and what
+scripts may rely on. Routes declare them as response models; the service's dicts are validated into them.
+
+Optional fields are left out of an answer when they do not apply (a version's ``error`` only when it failed,
+``load_ms`` only once loaded), so these models are served with ``response_model_exclude_unset``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from segcore.card import ModelCard
+
+VersionState = Literal["serving", "loaded", "unloading", "failed", "available"]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a stable code for scripts and a sentence for people."""
+
+    error: str = Field(description="stable code, e.g. unknown_model, upload_too_large, busy")
+    detail: str = Field(description="what went wrong, for people")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    models: dict[str, int] = Field(description="model name -> the version it serves")
+
+
+class VersionInfo(BaseModel):
+    version: int = Field(ge=1)
+    state: VersionState = Field(
+        description="serving; loaded (ask with version=N); unloading (requests still on it); failed; available"
+    )
+    error: str | None = Field(None, description="why it failed (failed only)")
+    load_ms: float | None = Field(None, description="time to load (loaded versions)")
+    warmup_ms: float | None = Field(None, description="time to replay the warm-up requests (loaded versions)")
+
+
+class VersionPolicy(BaseModel):
+    """Exactly one of the two: the pinned version, or how many of the newest stay loaded."""
+
+    pinned: int | None = None
+    latest: int | None = None
+
+
+class ModelDescription(BaseModel):
+    name: str
+    served_version: int | None
+    policy: VersionPolicy
+    versions: list[VersionInfo]
+    card: ModelCard | None = Field(description="the served version's model card")
+
+
+class ModelList(BaseModel):
+    models: list[ModelDescription]
+
+
+class LabelVolume(BaseModel):
+    value: int
+    name: str
+    voxels: int
+    volume_ml: float
+
+
+class RegionVolume(BaseModel):
+    labels: list[int]
+    voxels: int
+    volume_ml: float
+
+
+class Geometry(BaseModel):
+    """The mask's grid, which is the input's (first modality's) grid; ITK order (x, y, z), mm, LPS."""
+
+    size: list[int]
+    spacing: list[float]
+    origin: list[float]
+    direction: list[float]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class SegmentationSummary(BaseModel):
+    """``POST /segment?format=json``."""
+
+    model: ModelRef
+    labels: list[LabelVolume]
+    regions: dict[str, RegionVolume] = Field(description="BraTS WT/TC/ET for a multi-class model, else {}")
+    tumour_volume_ml: float
+    tumour_voxels: int
+    bounding_box: list[list[int]] | None = Field(description="inclusive [start, stop] per axis, ITK order (x, y, z)")
+    geometry: Geometry
+    timings_ms: dict[str, float]
