@@ -34,17 +34,8 @@ async def _poll(registry: ModelRegistry, seconds: float) -> None:
             log.exception("model_poll_failed")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Before TensorFlow runs its first op: pool sizes are fixed from then on.
-    apply_thread_env(intra_op=settings.intra_op_threads, inter_op=settings.inter_op_threads)
-    if settings.tmp_dir is not None:
-        Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
-    factory = runner_factory(settings)
-    registry = ModelRegistry(
-        settings.models_dir, factory, keep_versions=settings.keep_versions, pinned=settings.pinned_versions
-    )
+def _lifespan(settings: Settings, registry: ModelRegistry, factory: object):
+    """Startup: load and warm what is on disk, start the poller. Shutdown: stop it, close the backend."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,7 +60,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if close is not None:
             close()
 
-    app = FastAPI(title="Brain-tumour MRI segmentation", version=__version__, lifespan=lifespan)
+    return lifespan
+
+
+async def _count_requests(request: Request, call_next) -> Response:
+    """Middleware: requests by route and status (Prometheus), and one log line per /segment."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    telemetry.REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+    if request.url.path == "/segment":
+        log.info(
+            "request path=%s status=%s ms=%.0f",
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
+    return response
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Before TensorFlow runs its first op: pool sizes are fixed from then on.
+    apply_thread_env(intra_op=settings.intra_op_threads, inter_op=settings.inter_op_threads)
+    if settings.tmp_dir is not None:
+        Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
+    factory = runner_factory(settings)
+    registry = ModelRegistry(
+        settings.models_dir, factory, keep_versions=settings.keep_versions, pinned=settings.pinned_versions
+    )
+    app = FastAPI(
+        title="Brain-tumour MRI segmentation", version=__version__, lifespan=_lifespan(settings, registry, factory)
+    )
     app.state.settings = settings
     app.state.service = SegmentationService(
         registry,
@@ -88,20 +111,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(segment.router)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        telemetry.REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        if request.url.path == "/segment":
-            log.info(
-                "request path=%s status=%s ms=%.0f",
-                request.url.path,
-                response.status_code,
-                (time.perf_counter() - started) * 1000,
-            )
-        return response
-
+    app.middleware("http")(_count_requests)
     return app

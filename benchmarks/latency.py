@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/latency.py --quick    # < 2 min: fewer repetitions, no HTTP/RSS
 
 Every variant goes from the same SimpleITK image to a uint8 mask on the input grid, through the same
-geometry and normalization (``segcore.pipeline.prepare``); only the inference part differs:
+geometry and normalization (``segcore.preprocess``); only the inference part differs:
 
 - ``naive``: the Keras model (rebuilt by ``training.unet`` from the SavedModel's own variables) and
   ``model.predict`` on every full 240x240 axial slice, one at a time, TensorFlow's default settings. This
@@ -109,7 +109,7 @@ def batched_segmenter(model, card, batch_size: int | None) -> Segmenter:
     import tensorflow as tf
 
     from segcore.geometry import onto_grid
-    from segcore.pipeline import prepare
+    from segcore.preprocess import PreprocessSpec, preprocess
     from segcore.tiling import crop_box, pad_amounts, probabilities_to_labels
 
     channels_in = len(card.modalities)
@@ -119,7 +119,8 @@ def batched_segmenter(model, card, batch_size: int | None) -> Segmenter:
         return model(x, training=False)
 
     def run(image: sitk.Image) -> np.ndarray:
-        channels, brain, grid = prepare({card.modalities[0]: image}, card)
+        prepared = preprocess({card.modalities[0]: image}, PreprocessSpec.of(card))
+        channels, brain, grid = prepared.channels, prepared.brain, prepared.reference
         _, depth, height, width = channels.shape
         probs = np.zeros((card.output_channels, depth, height, width), dtype=np.float32)
         zbox, ybox, xbox = crop_box(brain, card.tiling.margin, card.tiling.divisor)
@@ -462,10 +463,11 @@ def time_variants(
 def flops_report(model, card, image: sitk.Image, results: dict[str, dict], peak: dict) -> dict:
     """Convolution FLOPs per volume: the service's crop (one box for the volume) vs naive's full slices,
     and the rate each variant achieved (whole-pipeline time: a lower bound on the kernels' rate)."""
-    from segcore.pipeline import prepare
+    from segcore.preprocess import PreprocessSpec, preprocess
     from segcore.tiling import crop_box
 
-    channels, brain, _ = prepare({card.modalities[0]: image}, card)
+    prepared = preprocess({card.modalities[0]: image}, PreprocessSpec.of(card))
+    channels, brain = prepared.channels, prepared.brain
     zbox, ybox, xbox = crop_box(brain, card.tiling.margin, card.tiling.divisor)
     div = card.tiling.divisor
     box_hw = (-(-(ybox.stop - ybox.start) // div) * div, -(-(xbox.stop - xbox.start) // div) * div)

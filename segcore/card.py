@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from segcore.model_folder import CARD_RELPATH
 
@@ -22,6 +22,50 @@ BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4)
 Modality = Literal["t1", "t1c", "t2", "flair"]
 MODALITY_NAMES: tuple[str, ...] = get_args(Modality)
 MODALITY_ALIASES: dict[str, str] = {"t1ce": "t1c", "t1gd": "t1c"}
+
+
+def _orientation_code(value: str) -> str:
+    value = value.upper()
+    axes = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
+    if len(value) != 3 or any(c not in axes for c in value) or len({axes[c] for c in value}) != 3:
+        raise ValueError(f'orientation must be a 3-letter code such as "LPS" or "RAS", not "{value}"')
+    return value
+
+
+def _spacing(value: list[float]) -> list[float]:
+    if len(value) != 3 or any(s <= 0 for s in value):
+        raise ValueError(f'spacing_mm must be three strictly positive numbers, not "{value}"')
+    return value
+
+
+def _labels(value: dict[int, str]) -> dict[int, str]:
+    if not value or any(k <= 0 or k > 255 for k in value):
+        raise ValueError(f"labels must map values 1..255 to names, not {value}")
+    return value
+
+
+# Field types shared by the card and the training config, so a config is refused when its TOML loads for
+# exactly the reasons its card would be refused after training.
+ModelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+Orientation = Annotated[str, AfterValidator(_orientation_code)]
+"""ITK orientation code (``LPS``, ``RAS``...), upper-cased; the axes the model sees."""
+Spacing = Annotated[list[float], AfterValidator(_spacing)]
+"""Voxel spacing (x, y, z) in mm, three strictly positive numbers."""
+Labels = Annotated[dict[int, str], AfterValidator(_labels)]
+"""Output label value (1..255) -> name; 0 (background) is implicit."""
+Threshold = Annotated[float, Field(gt=0, lt=1)]
+Activation = Literal["sigmoid", "softmax"]
+
+
+def brats_regions(labels: dict[int, str], activation: str) -> dict[str, list[int]]:
+    """BraTS regions (``WT``/``TC``/``ET`` -> label values) of a multi-class BraTS model, else ``{}``.
+
+    A model is multi-class BraTS when it is softmax and outputs oedema (2) and enhancing tumour (4); a
+    whole-tumour model's single label 1 is not a tumour core, so it gets no regions.
+    """
+    if activation != "softmax" or not {2, 4} <= set(labels):
+        return {}
+    return {name: sorted(set(values) & set(labels)) for name, values in BRATS_REGIONS.items()}
 
 
 class Normalization(BaseModel):
@@ -79,46 +123,23 @@ class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: ModelName
     version: int = Field(ge=1)
     dims: Literal[2, 3]
     modalities: list[Modality] = Field(min_length=1)
-    orientation: str = Field("LPS", description="ITK orientation code the model was trained in")
-    spacing_mm: list[float] = Field(description="voxel spacing (x, y, z) in mm the model was trained at")
+    orientation: Orientation = Field("LPS", description="ITK orientation code the model was trained in")
+    spacing_mm: Spacing = Field(description="voxel spacing (x, y, z) in mm the model was trained at")
     tiling: Tiling = Tiling()
     normalization: Normalization = Normalization()
-    labels: dict[int, str] = Field(description="output label value -> name; 0 (background) implicit")
-    activation: Literal["sigmoid", "softmax"] = "sigmoid"
-    threshold: float = Field(0.5, gt=0, lt=1)
+    labels: Labels = Field(description="output label value -> name; 0 (background) implicit")
+    activation: Activation = "sigmoid"
+    threshold: Threshold = 0.5
     input_name: str = "image"
     output_name: str = "probabilities"
     provenance: Provenance = Provenance()
     validation_dice: dict[str, float] = {}
     threads: ThreadSettings = ThreadSettings()
     description: str = ""
-
-    @field_validator("orientation")
-    @classmethod
-    def _orientation_code(cls, value: str) -> str:
-        value = value.upper()
-        axes = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
-        if len(value) != 3 or any(c not in axes for c in value) or len({axes[c] for c in value}) != 3:
-            raise ValueError(f'orientation must be a 3-letter code such as "LPS" or "RAS", not "{value}"')
-        return value
-
-    @field_validator("spacing_mm")
-    @classmethod
-    def _spacing(cls, value: list[float]) -> list[float]:
-        if len(value) != 3 or any(s <= 0 for s in value):
-            raise ValueError(f'spacing_mm must be three strictly positive numbers, not "{value}"')
-        return value
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, value: dict[int, str]) -> dict[int, str]:
-        if not value or any(k <= 0 or k > 255 for k in value):
-            raise ValueError(f"labels must map values 1..255 to names, not {value}")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -137,14 +158,8 @@ class ModelCard(BaseModel):
 
     @property
     def regions(self) -> dict[str, list[int]]:
-        """BraTS regions (``WT``/``TC``/``ET`` -> label values) for a multi-class BraTS card, else ``{}``.
-
-        A card is multi-class BraTS when it is softmax and outputs oedema (2) and enhancing tumour (4);
-        a whole-tumour model's single label 1 is not a tumour core, so it gets no regions.
-        """
-        if self.activation != "softmax" or not {2, 4} <= set(self.labels):
-            return {}
-        return {name: sorted(set(values) & set(self.labels)) for name, values in BRATS_REGIONS.items()}
+        """BraTS regions of this card (:func:`brats_regions`): ``WT``/``TC``/``ET`` -> label values, or ``{}``."""
+        return brats_regions(self.labels, self.activation)
 
     @property
     def output_channels(self) -> int:

@@ -1,7 +1,8 @@
 """The segmentation pipeline: input images in, a label mask on the input's own grid out.
 
 Serving and evaluation both call :func:`segment`, so a Dice measured by ``training.evaluate`` is a Dice
-of exactly what the service returns.
+of exactly what the service returns; its first stage is :func:`segcore.preprocess.preprocess`, the function
+``training.convert`` made the training shards with.
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import SimpleITK as sitk
 
-from segcore.card import ModelCard
-from segcore.geometry import onto_grid, to_model_grid
-from segcore.normalization import zscore_brain
+from segcore.geometry import onto_grid
+from segcore.preprocess import PreprocessSpec, preprocess
 from segcore.runner import Runner
 from segcore.tiling import predict_slices_2d, predict_sliding_window_3d, probabilities_to_labels
 
@@ -28,26 +27,6 @@ class Segmentation:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def prepare(images: Mapping[str, sitk.Image], card: ModelCard) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
-    """Bring the card's modalities onto the model grid and normalize them.
-
-    Returns ``(channels float32 [C, Z, Y, X], brain bool [Z, Y, X], model-grid reference image)``. The
-    first modality defines the grid; the others are resampled onto it (linear) if they differ.
-    """
-    missing = [m for m in card.modalities if m not in images]
-    if missing:
-        raise KeyError(f"missing modalities: {', '.join(missing)}")
-    reference = to_model_grid(images[card.modalities[0]], card.orientation, card.spacing_mm)
-    arrays = []
-    for name in card.modalities:
-        image = to_model_grid(images[name], card.orientation, card.spacing_mm)
-        if name != card.modalities[0]:
-            image = onto_grid(image, reference, label=False)
-        arrays.append(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))  # a copy: image is rebound
-    channels, brain = zscore_brain(np.stack(arrays), clip=card.normalization.clip)
-    return channels, brain, reference
-
-
 def segment(images: Mapping[str, sitk.Image], runner: Runner, *, mirror: bool | None = None) -> Segmentation:
     """Segment one study. ``images`` maps the card's modality names to 3D SimpleITK images.
 
@@ -57,7 +36,8 @@ def segment(images: Mapping[str, sitk.Image], runner: Runner, *, mirror: bool | 
     card = runner.card
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    channels, brain, model_grid = prepare(images, card)
+    prepared = preprocess(images, PreprocessSpec.of(card))
+    channels, brain, model_grid = prepared.channels, prepared.brain, prepared.reference
     t1 = time.perf_counter()
     timings["preprocess"] = (t1 - t0) * 1000
     if card.dims == 3:

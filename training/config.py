@@ -1,4 +1,10 @@
-"""Training configuration: one TOML file -> one validated :class:`TrainConfig`."""
+"""Training configuration: one TOML file -> one validated :class:`TrainConfig`.
+
+The fields a model card will carry (name, orientation, spacing, labels, threshold, normalization) use the
+card's own types (``segcore.card``), so a config its card would refuse is refused when the TOML loads, not
+after the last epoch. The config is also the one source of the training grid: ``training.convert --config``
+makes shards for it and records :meth:`TrainConfig.shard_spec`, which training checks before it starts.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from segcore.card import Modality
+from segcore.card import Activation, Labels, Modality, ModelName, Normalization, Orientation, Spacing, Threshold
+from segcore.preprocess import PreprocessSpec
 
 
 class DataConfig(BaseModel):
@@ -76,18 +83,19 @@ class ThreadConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: ModelName
     description: str = ""
     dims: Literal[2, 3] = 2
     modalities: list[Modality] = Field(min_length=1)
-    labels: dict[int, str] = Field(default={1: "whole tumour"})
-    activation: Literal["sigmoid", "softmax"] = Field(
+    labels: Labels = Field(default={1: "whole tumour"})
+    activation: Activation = Field(
         "sigmoid", description="sigmoid: one channel per label; softmax: background + one per label"
     )
     target: str = "whole_tumour"
-    orientation: str = "LPS"
-    spacing_mm: list[float] = [1.0, 1.0, 1.0]
-    threshold: float = 0.5
+    orientation: Orientation = "LPS"
+    spacing_mm: Spacing = [1.0, 1.0, 1.0]
+    threshold: Threshold = 0.5
+    normalization: Normalization = Normalization()
     data: DataConfig
     network: NetworkConfig = NetworkConfig()
     optim: OptimConfig = OptimConfig()
@@ -107,9 +115,38 @@ class TrainConfig(BaseModel):
         config = cls.model_validate(raw)
         return config
 
+    @property
+    def divisor(self) -> int:
+        """The U-Net's total downsampling factor: spatial sizes must be multiples of it."""
+        return 2**self.network.depth
+
+    @property
+    def output_channels(self) -> int:
+        """Network outputs: one per label (sigmoid), or background + one per label (softmax)."""
+        return len(self.labels) + (1 if self.activation == "softmax" else 0)
+
+    @property
+    def inference_patch(self) -> int:
+        """3D sliding-window patch edge used for validation and written into the card."""
+        return self.inference.patch or self.data.patch
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        """What ``segcore.preprocess`` does to this model's inputs (the card will say the same)."""
+        return PreprocessSpec(
+            modalities=self.modalities,
+            orientation=self.orientation,
+            spacing_mm=self.spacing_mm,
+            normalization=self.normalization,
+        )
+
+    def shard_spec(self) -> dict:
+        """What shards must have been made with: the preprocessing spec and the label target. Written into
+        the shards' ``index.json`` by ``training.convert`` and compared by ``training.data.check_shards``."""
+        return {**self.preprocess_spec().model_dump(mode="json"), "target": self.target}
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        divisor = 2**self.network.depth
+        divisor = self.divisor
         for what, size in (("data.patch", self.data.patch), ("inference.patch", self.inference.patch)):
             if size is not None and size % divisor:
                 raise ValueError(f"{what} {size} is not a multiple of 2**depth = {divisor}")

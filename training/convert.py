@@ -1,9 +1,13 @@
 """``python -m training.convert``: BraTS-style case folders -> one compressed shard per case.
 
 Each shard (``<case_id>.npz``) holds the case already on the model grid (card orientation and spacing)
-and normalized by ``segcore`` exactly as serving will: ``image`` float16 ``[Z, Y, X, C]`` (slices with
-brain only), ``label`` uint8 ``[Z, Y, X]``, plus ``brain`` and provenance. Training reads shards; it
-never re-reads NIfTI.
+and normalized by ``segcore.preprocess`` exactly as serving will: ``image`` float16 ``[Z, Y, X, C]``
+(slices with brain only), ``label`` uint8 ``[Z, Y, X]``, plus ``brain`` and provenance. Training reads
+shards; it never re-reads NIfTI.
+
+``--config`` takes the grid, modalities, target and output folder from the training config, so shards are
+made for the model that will train on them; ``index.json`` records the spec they were made with, and
+training refuses shards whose spec differs from its config (``training.data.check_shards``).
 """
 
 from __future__ import annotations
@@ -16,23 +20,24 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from segcore.geometry import onto_grid, to_model_grid
-from segcore.normalization import zscore_brain
+from segcore.card import Normalization
+from segcore.geometry import onto_grid
+from segcore.preprocess import PreprocessSpec, preprocess
+from training.config import TrainConfig
 from training.datasets import TARGETS, Case, discover
 
 
 def convert_case(
     case: Case, modalities: list[str], orientation: str, spacing_mm: list[float], target: str, clip: float = 5.0
 ) -> dict[str, np.ndarray]:
+    """One case as a shard: the images through ``segcore.preprocess`` (what serving does), the label through
+    the same reorientation and then nearest neighbour onto the model grid, recoded for ``target``."""
+    spec = PreprocessSpec(
+        modalities=modalities, orientation=orientation, spacing_mm=spacing_mm, normalization=Normalization(clip=clip)
+    )
     images = {m: sitk.ReadImage(str(case.files[m]), sitk.sitkFloat32) for m in modalities}
-    reference = to_model_grid(images[modalities[0]], orientation, spacing_mm)
-    arrays = []
-    for m in modalities:
-        img = to_model_grid(images[m], orientation, spacing_mm)
-        if m != modalities[0]:
-            img = onto_grid(img, reference, label=False)
-        arrays.append(sitk.GetArrayFromImage(img))
-    channels, brain = zscore_brain(np.stack(arrays), clip=clip)
+    prepared = preprocess(images, spec)
+    channels, brain, reference = prepared.channels, prepared.brain, prepared.reference
     label_img = sitk.ReadImage(str(case.label), sitk.sitkFloat32)
     # Labels go through the same reorientation, then nearest-neighbour onto the model grid.
     label_img = sitk.Cast(sitk.Round(sitk.DICOMOrient(label_img, orientation)), sitk.sitkUInt8)
@@ -51,24 +56,47 @@ def convert_case(
     }
 
 
+def _spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """The shard spec: from ``--config`` (then the grid flags must not be given), or from the flags."""
+    flags = {"modalities": args.modalities, "target": args.target, "orientation": args.orientation}
+    flags["spacing"] = args.spacing
+    if args.config is not None:
+        given = [f"--{k}" for k, v in flags.items() if v is not None]
+        if given:
+            parser.error(f"{', '.join(given)} come from --config; give one or the other")
+        config = TrainConfig.load(args.config)
+        if args.out is None:
+            args.out = Path(config.data.shards)
+        return config.shard_spec()
+    if args.out is None:
+        parser.error("--out is required without --config")
+    modalities = [m.strip() for m in (args.modalities or "flair").split(",") if m.strip()]
+    spacing = [float(s) for s in (args.spacing or "1,1,1").split(",")]
+    spec = PreprocessSpec(modalities=modalities, orientation=args.orientation or "LPS", spacing_mm=spacing)
+    return {**spec.model_dump(mode="json"), "target": args.target or "whole_tumour"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", type=Path, help="folders of case folders (or case folders)")
-    parser.add_argument("--out", type=Path, required=True, help="shard directory to write")
-    parser.add_argument("--modalities", default="flair", help="comma-separated, in channel order")
-    parser.add_argument("--target", default="whole_tumour", choices=sorted(TARGETS))
-    parser.add_argument("--orientation", default="LPS")
-    parser.add_argument("--spacing", default="1,1,1", help="x,y,z in mm")
+    parser.add_argument("--config", type=Path, default=None, help="training config: grid, modalities, target, out")
+    parser.add_argument("--out", type=Path, default=None, help="shard directory to write (default: data.shards)")
+    parser.add_argument("--modalities", default=None, help="comma-separated, in channel order (default: flair)")
+    parser.add_argument("--target", default=None, choices=sorted(TARGETS), help="default: whole_tumour")
+    parser.add_argument("--orientation", default=None, help="default: LPS")
+    parser.add_argument("--spacing", default=None, help="x,y,z in mm (default: 1,1,1)")
     args = parser.parse_args(argv)
-    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    spacing = [float(s) for s in args.spacing.split(",")]
+    spec = _spec(args, parser)
+    modalities = spec["modalities"]
     cases = discover(args.roots, modalities)
     if not cases:
         parser.error(f"no case folder under {args.roots} provides {modalities} and a label")
     args.out.mkdir(parents=True, exist_ok=True)
     index = []
     for case in tqdm(cases, desc="convert", unit="case"):
-        shard = convert_case(case, modalities, args.orientation, spacing, args.target)
+        shard = convert_case(
+            case, modalities, spec["orientation"], spec["spacing_mm"], spec["target"], spec["normalization"]["clip"]
+        )
         path = args.out / f"{case.case_id}.npz"
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **shard)
@@ -82,14 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tumour_voxels": int((shard["label"] > 0).sum()),
             }
         )
-    meta = {
-        "modalities": modalities,
-        "target": args.target,
-        "orientation": args.orientation,
-        "spacing_mm": spacing,
-        "cases": index,
-    }
-    (args.out / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (args.out / "index.json").write_text(json.dumps({**spec, "cases": index}, indent=2) + "\n")
     print(f"wrote {len(index)} shards to {args.out}")
     return 0
 

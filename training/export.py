@@ -1,4 +1,4 @@
-"""Publishing a trained Keras model as a numbered TF Serving version, atomically.
+"""Publishing a trained Keras model as a numbered TF Serving version, atomically, with its model card.
 
 Layout (DESIGN §2): ``models/<name>/<version>/`` holding ``saved_model.pb``, ``variables/``,
 ``assets.extra/model_card.json`` and ``assets.extra/tf_serving_warmup_requests``. Everything is written
@@ -14,9 +14,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from segcore.card import ModelCard
-from segcore.model_folder import SIGNATURE_NAME, WARMUP_RELPATH, publish_atomically
+from segcore.card import ModelCard, Provenance, ThreadSettings, Tiling, brats_regions
+from segcore.model_folder import SIGNATURE_NAME, WARMUP_RELPATH, next_version, publish_atomically
 from segcore.runner import SavedModelRunner
+from training.config import TrainConfig
 
 
 def write_warmup_requests(path: Path, card: ModelCard, shapes: list[tuple[int, ...]]) -> None:
@@ -62,3 +63,44 @@ def export_version(model: keras.Model, card: ModelCard, models_dir: Path) -> Pat
         runner.checked_predict(np.zeros(card.representative_input_shape, dtype=np.float32), "the exported model")
 
     return publish_atomically(Path(models_dir) / card.name / str(card.version), build)
+
+
+def model_card(config: TrainConfig, summary: dict, version: int | None = None) -> ModelCard:
+    """The card of a trained model: the config's grid, tiling and labels, provenance, and the validation
+    Dice of the best epoch (per case, per BraTS region where the model has regions, and their means).
+    ``version`` defaults to the next free number under ``config.models_dir``."""
+    regions = brats_regions(config.labels, config.activation)
+    validation_dice = {
+        f"{cid}:{region}" if regions else cid: round(value, 4)
+        for cid, per in summary["val_dice_per_case"].items()
+        for region, value in per.items()
+    }
+    validation_dice.update({f"mean:{r}": round(v, 4) for r, v in summary["val_dice_per_region"].items()})
+    validation_dice["mean"] = round(summary["best_val_dice"], 4)
+    return ModelCard(
+        name=config.name,
+        version=version or next_version(Path(config.models_dir) / config.name),
+        dims=config.dims,
+        modalities=config.modalities,
+        orientation=config.orientation,
+        spacing_mm=config.spacing_mm,
+        tiling=Tiling(
+            divisor=config.divisor,
+            patch_size=[config.inference_patch] * 3 if config.dims == 3 else None,
+            overlap=config.inference.overlap,
+            mirror=config.inference.mirror,
+        ),
+        normalization=config.normalization,
+        labels=config.labels,
+        activation=config.activation,
+        threshold=config.threshold,
+        provenance=Provenance(
+            datasets=config.datasets,
+            train_cases=config.data.train,
+            validation_cases=config.data.validation,
+            licence_notes=config.licence_notes,
+        ),
+        validation_dice=validation_dice,
+        threads=ThreadSettings(intra_op=config.threads.intra_op, inter_op=config.threads.inter_op),
+        description=config.description,
+    )

@@ -17,6 +17,7 @@ environment lines for docker-compose.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -161,6 +162,19 @@ def openmp_check(base: dict, intra: int, cores: int, timeout: float) -> tuple[di
     return openmp, extra_envs
 
 
+def run_grid(
+    base: dict, intra_grid: list[int], inter_grid: list[int], envs: list[dict[str, str]], timeout: float
+) -> list[dict]:
+    """One trial subprocess per (intra, inter, environment), in order; failures are results too."""
+    trials = []
+    for intra, inter, env in itertools.product(intra_grid, inter_grid, envs):
+        result = trial_subprocess({**base, "intra": intra, "inter": inter, "env": env}, timeout)
+        trials.append(result)
+        shown = result.get("ms_per_call_median", result.get("error", "?"))
+        print(f"  intra={intra} inter={inter} {env or ''}: {shown}", flush=True)
+    return trials
+
+
 def print_report(ok: list[dict], trials: list[dict], best: dict, out: Path) -> None:
     """The trials as a table (fastest first), the failures, and the lines to paste into a deployment."""
     print(f"\n{'intra':>5s} {'inter':>5s} {'env':24s} {'ms/call':>8s} {'min':>8s} {'vs best':>8s}")
@@ -209,14 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     extra_envs: list[dict[str, str]] = [{}]
     if not args.skip_openmp_check:
         openmp, extra_envs = openmp_check(base, max(intra_grid), cores, args.timeout)
-    trials = []
-    for intra in intra_grid:
-        for inter in inter_grid:
-            for env in extra_envs:
-                result = trial_subprocess({**base, "intra": intra, "inter": inter, "env": env}, args.timeout)
-                trials.append(result)
-                shown = result.get("ms_per_call_median", result.get("error", "?"))
-                print(f"  intra={intra} inter={inter} {env or ''}: {shown}", flush=True)
+    trials = run_grid(base, intra_grid, inter_grid, extra_envs, args.timeout)
     ok = [t for t in trials if "ms_per_call_median" in t]
     if not ok:
         print("every trial failed:\n" + "\n".join(str(t.get("error")) for t in trials), file=sys.stderr)

@@ -16,7 +16,7 @@ from tests.conftest import REPO, shared_case
 from training.config import TrainConfig
 from training.convert import convert_case
 from training.datasets import find_case
-from training.train import plan_world
+from training.distributed import plan_world
 
 CONFIG = """
 name = "hvd-tiny"

@@ -13,10 +13,11 @@ from segcore.runner import SavedModelRunner
 from tests.conftest import shared_case
 from training.config import TrainConfig
 from training.convert import convert_case
+from training.data import CropSampler, load_cases
 from training.datasets import find_case
 from training.evaluate import evaluate
+from training.loop import train
 from training.losses import dice_ce_loss
-from training.train import CropSampler, load_cases, train
 from training.unet import build_unet
 
 LABELS = {1: "core", 2: "oedema", 4: "enhancing"}

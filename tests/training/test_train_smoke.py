@@ -15,7 +15,7 @@ from training.config import TrainConfig
 from training.convert import convert_case
 from training.datasets import find_case
 from training.export import export_version
-from training.train import train
+from training.loop import train
 
 
 @pytest.fixture(scope="module")
