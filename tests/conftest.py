@@ -17,6 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 MODELS_DIR = REPO / "models"
 BUNDLED_MODEL = "brats-wt-flair"
+# Readiness deadline of a test server: loading and warming models takes ~10 s on a quiet 2-core machine and
+# several minutes when the machine is shared; a timeout here says nothing about the service, so it is generous.
+SERVER_START_TIMEOUT = float(os.environ.get("SEG_TEST_SERVER_START_TIMEOUT", "600"))
 
 
 STRICT = os.environ.get("SEG_TEST_STRICT") == "1"
@@ -81,7 +84,11 @@ def start_server(tmp: Path, env_overrides: dict[str, str] | None = None, wait_re
         **(env_overrides or {}),
     }
     launched = launch(
-        Path(env["SEG_MODELS_DIR"]), tmp / "server.log", env, "/readyz" if wait_ready else "/healthz", timeout=120
+        Path(env["SEG_MODELS_DIR"]),
+        tmp / "server.log",
+        env,
+        "/readyz" if wait_ready else "/healthz",
+        timeout=SERVER_START_TIMEOUT,
     )
     return Server(launched.url, staging, launched.log_path, launched.process)
 
