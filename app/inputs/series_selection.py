@@ -42,7 +42,10 @@ RULES: dict[str, tuple[str, str]] = {
         r"flair|\bt2\b|sub(traction)?\b",
     ),
     "t1": (r"\bt1|t1w|mprage|mp2rage|spgr|bravo|\btfl\b|t1[\s_-]*flair", _CONTRAST + r"|\bt2\b"),
-    "t2": (r"\bt2|t2w|\btse\b", r"flair|t2\s*\*|t2star|\bswi\b|\bgre\b|\bhemo|\bdwi\b|\bdti\b|perf"),
+    "t2": (
+        r"\bt2|t2w|\btse\b",
+        r"flair|dark\s*fluid|\btirm\b|t2\s*\*|t2star|\bswi\b|\bgre\b|\bhemo|\bdwi\b|\bdti\b|perf",
+    ),
 }
 
 # Never a structural input, whatever else the name says.
