@@ -5,8 +5,9 @@
 # Orthanc's own PID, so `kill <pid>` stops it (SIGTERM, about a second).
 #   scripts/run_orthanc.sh DIR [HTTP_PORT] [DICOM_PORT] [AET] [MODALITY_AET:HOST:PORT ...]
 #   scripts/run_orthanc.sh /tmp/pacs 8042 4242 ORTHANC BRATS:127.0.0.1:11112
-# DICOMweb is then at http://127.0.0.1:HTTP_PORT/dicom-web/ (no authentication: it listens on
-# loopback only for HTTP, but Orthanc 1.10 binds its DICOM port on all interfaces: use unusual ports).
+# DICOMweb is then at http://127.0.0.1:HTTP_PORT/dicom-web/ (HTTP on loopback only; Orthanc 1.10 binds
+# its DICOM port on all interfaces: use unusual ports). With ORTHANC_USER and ORTHANC_PASSWORD set in the
+# environment, HTTP needs that user (basic authentication); otherwise it needs none.
 # Each MODALITY entry is a DICOM peer Orthanc may send to (C-STORE), e.g. the segmentation listener.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,6 +20,10 @@ shift $(( $# < 4 ? $# : 4 ))
 plugin=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
 [ -f "$plugin" ] || { echo "run_orthanc: $plugin missing after installing orthanc-dicomweb" >&2; exit 1; }
 mkdir -p "$dir/db"
+auth='"AuthenticationEnabled": false'
+if [ -n "${ORTHANC_USER:-}" ]; then
+  auth="\"AuthenticationEnabled\": true, \"RegisteredUsers\": {\"${ORTHANC_USER}\": \"${ORTHANC_PASSWORD:?ORTHANC_PASSWORD is needed with ORTHANC_USER}\"}"
+fi
 modalities=""
 for peer in "$@"; do
   IFS=: read -r peer_aet peer_host peer_port <<<"$peer"
@@ -32,7 +37,7 @@ cat >"$dir/orthanc.json" <<EOF
   "Plugins": ["$plugin"],
   "HttpPort": $http_port,
   "RemoteAccessAllowed": false,
-  "AuthenticationEnabled": false,
+  $auth,
   "DicomServerEnabled": true,
   "DicomAet": "$aet",
   "DicomPort": $dicom_port,

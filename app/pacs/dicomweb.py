@@ -180,7 +180,7 @@ class PacsClient:
             for ds in self._client.iter_series(study_instance_uid=study_uid, series_instance_uid=series_uid):
                 total += len(getattr(ds, "PixelData", b"") or b"")
                 if total > max_bytes:
-                    raise ApiError(
+                    raise PacsError(
                         413,
                         "study_too_large",
                         f"series {series_uid} exceeds {max_bytes / 2**20:.0f} MB of pixel data (SEG_MAX_UNZIPPED_MB)",

@@ -4,6 +4,7 @@ real server wired to it over DICOMweb and DIMSE (its DICOM listener on)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -21,6 +22,8 @@ from tests.dicom_fixtures import mprage_files, zip_files
 
 ORTHANC_AET = "ORTHANC_T"
 LISTENER_AET = "BRATS_T"
+# Orthanc asks for HTTP basic authentication, so the service's SEG_PACS_AUTH=basic path is what is tested.
+USER, PASSWORD = "brats", "test-only-password"
 
 
 @dataclass
@@ -41,7 +44,15 @@ class Orthanc:
         return self.url + "/dicom-web"
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+        """Orthanc's own REST API (upload, send to a modality)."""
+        return httpx.Client(base_url=self.url, timeout=60, auth=(USER, PASSWORD))
+
+    def dicomweb_client(self):
+        """A DICOMweb client of our own, to read back what the service stored, as a viewer would."""
+        from dicomweb_client.api import DICOMwebClient
+        from dicomweb_client.session_utils import create_session_from_user_pass
+
+        return DICOMwebClient(self.dicomweb, session=create_session_from_user_pass(USER, PASSWORD))
 
 
 def _install() -> tuple[bool, str]:
@@ -72,6 +83,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
         ],
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
+        env={**os.environ, "ORTHANC_USER": USER, "ORTHANC_PASSWORD": PASSWORD},
     )  # the script execs Orthanc: this PID is Orthanc's own
     pacs = Orthanc(http_port, dicom_port, ORTHANC_AET, listener_port, process, log_path)
     deadline = time.monotonic() + 60
@@ -79,7 +91,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
         if process.poll() is not None:
             pytest.fail(f"Orthanc exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-2000:]}")
         try:
-            if httpx.get(pacs.url + "/system", timeout=2).status_code == 200:
+            if httpx.get(pacs.url + "/system", timeout=2, auth=(USER, PASSWORD)).status_code == 200:
                 break
         except httpx.TransportError:
             pass
@@ -141,6 +153,9 @@ def pacs_server(tmp_path_factory: pytest.TempPathFactory, orthanc: Orthanc) -> I
             "SEG_MAX_UPLOAD_MB": "64",
             "SEG_JOBS_DIR": str(tmp / "jobs"),
             "SEG_PACS_URL": orthanc.dicomweb,
+            "SEG_PACS_AUTH": "basic",
+            "SEG_PACS_USERNAME": USER,
+            "SEG_PACS_PASSWORD": PASSWORD,
             "SEG_PACS_TIMEOUT_SECONDS": "30",
             "SEG_LISTENER_ENABLED": "true",
             "SEG_LISTENER_AE_TITLE": LISTENER_AET,

@@ -8,7 +8,6 @@ import io
 
 import pydicom
 import pytest
-from dicomweb_client.api import DICOMwebClient
 
 from tests.dicom_fixtures import mprage_files
 from tests.pacs.conftest import dciodvfy_errors, wait_job
@@ -47,7 +46,7 @@ def test_a_study_in_the_pacs_is_segmented_and_the_seg_stored_back(
         job_seg = client.get(f"{location}/result", params={"format": "dicom-seg"})
         assert job_seg.status_code == 200 and job_seg.headers["content-type"] == "application/dicom"
     # Read back from Orthanc over DICOMweb, as a viewer would.
-    pacs = DICOMwebClient(orthanc.dicomweb)
+    pacs = orthanc.dicomweb_client()
     series = pacs.search_for_series(study_instance_uid=study.study_uid, search_filters={"Modality": "SEG"})
     assert stored["series_uid"] in {s["0020000E"]["Value"][0] for s in series}
     seg = pacs.retrieve_instance(study.study_uid, stored["series_uid"], stored["sop_instance_uid"])
@@ -89,3 +88,22 @@ def test_logs_carry_no_patient_values(pacs_server):
     assert "job_succeeded" in logged
     for value in values:
         assert value not in logged
+
+
+def test_the_pacs_client_authenticates_and_names_a_refusal(orthanc, mprage_in_orthanc, tmp_path):
+    """The client the jobs use, in process, against the real Orthanc: basic auth right and wrong."""
+    from app.pacs.dicomweb import PacsClient, PacsConfig, PacsError
+    from tests.pacs.conftest import PASSWORD, USER
+
+    good = PacsClient(PacsConfig(url=orthanc.dicomweb, auth="basic", username=USER, password=PASSWORD))
+    (series,) = good.list_series(mprage_in_orthanc.study_uid)
+    assert series.uid == mprage_in_orthanc.series_uid and series.instances == 176
+    assert series.image_type[0] == "ORIGINAL" and series.description == "t1_MPRAGEcr_noGRAPPA"
+    with pytest.raises(PacsError) as err:
+        good.retrieve_series(mprage_in_orthanc.study_uid, series.uid, tmp_path / "small", max_bytes=2**20)
+    assert err.value.code == "study_too_large"
+    bad = PacsClient(PacsConfig(url=orthanc.dicomweb, auth="basic", username=USER, password="wrong", retries=0))
+    with pytest.raises(PacsError) as err:
+        bad.list_series(mprage_in_orthanc.study_uid)
+    assert err.value.code == "pacs_unauthorized" and "SEG_PACS_AUTH" in err.value.detail
+    assert "wrong" not in err.value.detail

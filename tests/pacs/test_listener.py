@@ -9,7 +9,6 @@ import time
 
 import pydicom
 import pytest
-from dicomweb_client.api import DICOMwebClient
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
@@ -48,9 +47,7 @@ def test_a_study_sent_by_the_pacs_comes_back_as_a_seg(
             "/segment", params={"model": "bright-t1", "format": "dicom-seg"}, files={"t1": ("s.zip", mprage_zip_bytes)}
         )
     assert reference.status_code == 200
-    seg = DICOMwebClient(orthanc.dicomweb).retrieve_instance(
-        study.study_uid, stored["series_uid"], stored["sop_instance_uid"]
-    )
+    seg = orthanc.dicomweb_client().retrieve_instance(study.study_uid, stored["series_uid"], stored["sop_instance_uid"])
     assert_same_segmentation(seg, pydicom.dcmread(io.BytesIO(reference.content)), study.sop_uids)
     path = tmp_path / "seg.dcm"
     seg.save_as(path, enforce_file_format=True)
