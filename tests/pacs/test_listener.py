@@ -41,6 +41,7 @@ def test_a_study_sent_by_the_pacs_comes_back_as_a_seg(
         job = _wait_listener_job(client)
         assert job["state"] == "succeeded", job
         assert job["source"]["instances"] == 176 and job["source"]["calling_aet"] == orthanc.aet
+        assert [s["name"] for s in job["stages"]] == ["select", "read", "queue", "segment", "write", "send"]
         stored = job["outcome"]["stored"]
         assert stored["to"] == f"C-STORE {orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
         reference = client.post(
