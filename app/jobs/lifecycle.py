@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from dataclasses import dataclass
 
 from app.config import Settings
@@ -81,6 +82,12 @@ async def start(integrations: Integrations, settings: Settings, service: Segment
         destination(settings),
         integrations.pacs,
     )
+    staging = settings.jobs_dir / "listener"
+    # Instances received before a restart belong to studies that never went quiet here: the sender must
+    # send them again (its C-STOREs were acknowledged, so say so in the log).
+    if staging.exists() and any(staging.iterdir()):
+        log.warning("dicom_listener_discarded_partial_studies count=%d", len(list(staging.iterdir())))
+    shutil.rmtree(staging, ignore_errors=True)
     listener = DicomListener(
         ListenerConfig(
             ae_title=settings.listener_ae_title,
@@ -91,7 +98,7 @@ async def start(integrations: Integrations, settings: Settings, service: Segment
             quiet_seconds=settings.listener_quiet_seconds,
             max_study_bytes=int(settings.listener_max_study_mb * 2**20),
         ),
-        settings.jobs_dir / "listener",
+        staging,
         on_study,
     )
     await asyncio.to_thread(listener.start)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -134,36 +135,34 @@ class JobRunner:
         try:
             await work(ctx)
             ctx.done()
-            won = self.store.finish(job.id, "succeeded")
+            self.store.finish(job.id, "succeeded")
             log.info("job_succeeded id=%s kind=%s ms=%.0f", job.id, job.kind, (time.perf_counter() - t0) * 1000)
         except asyncio.CancelledError:
             ctx.done()
-            won = self.store.finish(job.id, "cancelled", {"error": "cancelled", "detail": "the job was cancelled"})
+            self.store.finish(job.id, "cancelled", {"error": "cancelled", "detail": "the job was cancelled"})
             log.info("job_cancelled id=%s kind=%s", job.id, job.kind)
         except ApiError as exc:
             ctx.done()
-            won = self.store.finish(job.id, "failed", {"error": exc.code, "detail": exc.detail})
+            self.store.finish(job.id, "failed", {"error": exc.code, "detail": exc.detail})
             log.info("job_failed id=%s kind=%s error=%s", job.id, job.kind, exc.code)
         except Exception as exc:  # never leave a job running; the message may quote DICOM values: not logged
             ctx.done()
             detail = "the job failed unexpectedly; the service log has the details under this job id"
-            won = self.store.finish(job.id, "failed", {"error": "internal_error", "detail": detail})
+            self.store.finish(job.id, "failed", {"error": "internal_error", "detail": detail})
             frames = "".join(traceback.format_tb(exc.__traceback__))
             log.error("job_crashed id=%s kind=%s type=%s\n%s", job.id, job.kind, type(exc).__name__, frames)
         finally:
             self._tasks.pop(job.id, None)
         final = self.store.get(job.id)
         if final is not None and final.state != "succeeded":
-            self._drop_files(final, won)
+            self._drop_files(final)
         if final is not None:
             for callback in self.finished_callbacks:
                 callback(final)
         await asyncio.to_thread(self.store.clean, self.retention_seconds, self.max_records)
 
-    def _drop_files(self, job: Job, won: bool) -> None:
+    def _drop_files(self, job: Job) -> None:
         """A job that did not succeed keeps its record but not its (partial) files."""
-        import shutil
-
         shutil.rmtree(self.store.folder(job.id), ignore_errors=True)
         if job.results:
             self.store.update(job.id, results={})
