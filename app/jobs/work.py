@@ -16,6 +16,7 @@ Inputs are deleted once the answer is written; only results stay in the job's fo
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -41,23 +42,30 @@ async def _segment(
     model: LoadedModel,
     files: list[UploadedFile],
     formats: tuple[str, ...],
-    applicable_only: bool = False,
 ) -> Path | None:
-    """Segment through the service into the job's folder and record each result; the DICOM SEG's path.
-    ``applicable_only``: formats the input cannot give (a DICOM SEG of a NIfTI input) are left out."""
+    """Segment through the service into the job's folder and record each result as a file; the DICOM
+    SEG's path. Formats the input cannot give (a DICOM SEG of a NIfTI input) are left out."""
     out = ctx.folder / "result"
     out.mkdir(exist_ok=True)
-    answer = await service.segment(
-        model, files, out, formats, progress=ctx.enter, wait=True, applicable_only=applicable_only
-    )
-    for fmt, path in answer.paths.items():
+    answer = await service.segment(model, files, out, formats, progress=ctx.enter, wait=True)
+    seg_path = None
+    for fmt, payload in answer.payloads.items():
+        if isinstance(payload, dict):
+            path = out / "summary.json"
+            path.write_text(json.dumps(payload))
+        elif isinstance(payload, bytes):
+            path = out / "preview.png"
+            path.write_bytes(payload)
+        else:
+            path = payload
         ctx.add_result(fmt, path)
-    return answer.paths.get("dicom-seg")
+        seg_path = path if fmt == "dicom-seg" else seg_path
+    return seg_path
 
 
 def upload_work(service: SegmentationService, model: LoadedModel, files: list[UploadedFile]) -> Work:
     async def work(ctx: JobContext) -> None:
-        await _segment(ctx, service, model, files, UPLOAD_FORMATS, applicable_only=True)
+        await _segment(ctx, service, model, files, UPLOAD_FORMATS)
         shutil.rmtree(ctx.folder / "input", ignore_errors=True)
 
     return work

@@ -29,7 +29,7 @@ def test_a_restart_fails_interrupted_jobs_and_keeps_finished_results(tmp_path):
         "SEG_PACS_URL": f"http://127.0.0.1:{closed_port}/dicom-web",
         "SEG_PACS_RETRIES": "1",
     }
-    upload = {"t1": ("s.zip", zip_files(mprage_files(), prefix="t1/"))}
+    upload = {"t1": ("s.zip", zip_files(mprage_files()[60:120], prefix="t1/"))}  # 60 contiguous slices
     first = start_server(tmp_path / "first", env)
     try:
         with first.client() as client:
@@ -43,7 +43,7 @@ def test_a_restart_fails_interrupted_jobs_and_keeps_finished_results(tmp_path):
             while client.get(running).json()["state"] != "running":
                 assert time.monotonic() < deadline, "the job never started"
                 time.sleep(0.02)
-            assert client.get(queued).json()["state"] == "queued"
+            assert client.get(queued).json()["state"] in ("queued", "running")
     finally:
         first.process.kill()  # a crash, not a graceful stop
         first.process.wait(timeout=20)

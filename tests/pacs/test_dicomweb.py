@@ -96,7 +96,8 @@ def test_the_pacs_client_authenticates_and_names_a_refusal(orthanc, mprage_in_or
     from tests.pacs.conftest import PASSWORD, USER
 
     good = PacsClient(PacsConfig(url=orthanc.dicomweb, auth="basic", username=USER, password=PASSWORD))
-    (series,) = good.list_series(mprage_in_orthanc.study_uid)
+    # The MR series (a SEG stored by another test may sit beside it in the study)
+    (series,) = [s for s in good.list_series(mprage_in_orthanc.study_uid) if s.modality == "MR"]
     assert series.uid == mprage_in_orthanc.series_uid and series.instances == 176
     assert series.image_type[0] == "ORIGINAL" and series.description == "t1_MPRAGEcr_noGRAPPA"
     with pytest.raises(PacsError) as err:

@@ -58,12 +58,14 @@ async def submit_job(
     """Start segmenting one study: the multipart form of ``/segment``. 202 + ``Location``."""
     loaded = service.resolve(model or settings.default_model, version)
     job = jobs.create("upload", loaded.name, loaded.version, {})
+    staging = jobs.store.folder(job.id) / "input"
     try:
+        staging.mkdir()
         files = await receive_files(
             request.stream(),
             request.headers.get("content-type"),
             request.headers.get("content-length"),
-            jobs.store.folder(job.id) / "input",
+            staging,
             settings.max_upload_bytes,
         )
     except BaseException:
