@@ -25,14 +25,15 @@ import pydicom
 
 from app.errors import ApiError
 from app.inputs.series_selection import SeriesInfo, describe_files, select_series
+from app.inputs.uploads import UploadedFile
 from app.jobs.runner import JobContext, JobRunner, Work
+from app.outputs.formats import FORMATS
 from app.pacs.dicomweb import PacsClient
 from app.pacs.listener import Destination, ReceivedStudy, check_received, send_c_store
 from app.registry import LoadedModel
 from app.service import SegmentationService
-from app.uploads import UploadedFile
 
-UPLOAD_FORMATS = ("nifti", "json", "png", "dicom-seg")
+UPLOAD_FORMATS = tuple(FORMATS)  # every format /segment offers; the service drops what the input cannot give
 PACS_FORMATS = ("dicom-seg", "nifti", "json")
 
 
@@ -47,19 +48,17 @@ async def _segment(
     SEG's path. Formats the input cannot give (a DICOM SEG of a NIfTI input) are left out."""
     out = ctx.folder / "result"
     out.mkdir(exist_ok=True)
-    answer = await service.segment(model, files, out, formats, progress=ctx.enter, wait=True)
+    asked = [FORMATS[name] for name in formats]
+    answer = await service.segment(model, files, out, asked, progress=ctx.enter, wait=True)
     seg_path = None
-    for fmt, payload in answer.payloads.items():
-        if isinstance(payload, dict):
-            path = out / "summary.json"
-            path.write_text(json.dumps(payload))
-        elif isinstance(payload, bytes):
-            path = out / "preview.png"
-            path.write_bytes(payload)
-        else:
+    for name, payload in answer.payloads.items():
+        if isinstance(payload, Path):
             path = payload
-        ctx.add_result(fmt, path)
-        seg_path = path if fmt == "dicom-seg" else seg_path
+        else:  # an in-memory answer (JSON summary, PNG preview) is kept as a file too
+            path = out / f"result.{FORMATS[name].media_type.split('/')[-1]}"
+            path.write_bytes(json.dumps(payload).encode() if isinstance(payload, dict) else payload)
+        ctx.add_result(name, path)
+        seg_path = path if name == "dicom-seg" else seg_path
     return seg_path
 
 

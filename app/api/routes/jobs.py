@@ -16,19 +16,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from app.api.deps import JobsDep, ServiceDep, SettingsDep
 from app.errors import ApiError
+from app.inputs.uploads import receive_files
 from app.jobs.store import ACTIVE_STATES, Job
 from app.jobs.work import upload_work
-from app.uploads import receive_files
+from app.outputs.formats import FORMATS
 
 router = APIRouter(tags=["jobs"])
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-MEDIA_TYPES = {
-    "nifti": ("application/gzip", "mask.nii.gz"),
-    "json": ("application/json", "summary.json"),
-    "png": ("image/png", "preview.png"),
-    "dicom-seg": ("application/dicom", "mask.seg.dcm"),
-}
 
 
 def accepted(job: Job) -> JSONResponse:
@@ -98,10 +93,12 @@ async def get_job(job_id: str, jobs: JobsDep):
 async def get_result(
     job_id: str,
     jobs: JobsDep,
-    format: str = Query("nifti", description="nifti, json, png, dicom-seg (DICOM inputs)"),
+    format: str = Query("nifti", description="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values())),
 ):
-    if format not in MEDIA_TYPES:
-        raise ApiError(400, "unknown_format", f'format "{format}" is not one of: {", ".join(MEDIA_TYPES)}')
+    """The job's answer in one of the formats it has (``formats`` in its record)."""
+    fmt = FORMATS.get(format)
+    if fmt is None:
+        raise ApiError(400, "unknown_format", f'format "{format}" is not one of: {", ".join(FORMATS)}')
     job = _job(jobs, job_id)
     if job.state in ACTIVE_STATES:
         raise ApiError(409, "job_not_finished", f"job {job.id} is {job.state}", headers={"Retry-After": "2"})
@@ -114,9 +111,8 @@ async def get_result(
     path = jobs.store.folder(job.id) / job.results[format]
     if not path.is_file():
         raise ApiError(404, "result_not_available", f"the {format} result of job {job.id} is no longer stored")
-    media, name = MEDIA_TYPES[format]
     headers = {"X-Model-Name": job.model or "", "X-Model-Version": str(job.version or "")}
-    return FileResponse(path, media_type=media, filename=name, headers=headers)
+    return FileResponse(path, media_type=fmt.media_type, filename=fmt.filename or path.name, headers=headers)
 
 
 @router.delete("/jobs/{job_id}")
