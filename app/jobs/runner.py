@@ -110,11 +110,12 @@ class JobRunner:
 
     def admit(self) -> None:
         """Refuse a new job (503, as ``/segment`` with a full queue) when ``max_active`` are active."""
-        if len(self._tasks) >= self.max_active:
+        active = self.store.count_active()  # the records, so jobs still receiving their upload count too
+        if active >= self.max_active:
             raise ApiError(
                 503,
                 "busy",
-                f"{len(self._tasks)} jobs are queued or running, the limit; retry shortly",
+                f"{active} jobs are queued or running, the limit (SEG_JOBS_MAX_ACTIVE); retry shortly",
                 headers={"Retry-After": "5"},
             )
 
