@@ -109,6 +109,18 @@ def _rank(series: SeriesInfo) -> tuple[int, int]:
     return series.instances, series.number if series.number is not None else -1
 
 
+def _candidates(usable: list[SeriesInfo], needed: list[str], skipped: dict[str, str]) -> dict[str, list[SeriesInfo]]:
+    """The usable series whose names match each needed modality; the others are noted in ``skipped``."""
+    candidates: dict[str, list[SeriesInfo]] = {m: [] for m in needed}
+    for series in usable:
+        matched = [m for m in modalities_of(series) if m in candidates]
+        for modality in matched:
+            candidates[modality].append(series)
+        if not matched:
+            skipped[series.uid] = f"{series.label()}: its name matches no needed modality ({', '.join(needed)})"
+    return candidates
+
+
 def select_series(
     available: list[SeriesInfo], needed: list[str], *, named: bool = False, min_slices: int = MIN_SLICES
 ) -> Selection:
@@ -127,14 +139,7 @@ def select_series(
             usable.append(series)
     if named and len(needed) == 1 and len(usable) == 1:
         return Selection({needed[0]: usable[0]}, skipped)
-    candidates: dict[str, list[SeriesInfo]] = {m: [] for m in needed}
-    for series in usable:
-        matched = modalities_of(series)
-        for modality in matched:
-            if modality in candidates:
-                candidates[modality].append(series)
-        if not any(m in candidates for m in matched):
-            skipped[series.uid] = f"{series.label()}: its name matches no needed modality ({', '.join(needed)})"
+    candidates = _candidates(usable, needed, skipped)
     chosen = {}
     for modality in needed:
         ranked = sorted(candidates[modality], key=_rank, reverse=True)

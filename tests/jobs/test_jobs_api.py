@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from app.api.schemas import JobRecord
 from tests.dicom_fixtures import mprage_files, zip_files
 
 
@@ -43,6 +44,7 @@ def test_a_job_answers_what_segment_answers(server, mprage_zip, tmp_path):
         job = wait(client, location)
         assert job["state"] == "succeeded", job
         assert job["formats"] == ["dicom-seg", "json", "nifti", "png"]
+        JobRecord.model_validate(job)  # the documented contract (app/api/schemas.py)
         names = [s["name"] for s in job["stages"]]
         assert names == ["read", "queue", "segment", "write"], names
         assert job["timings_ms"]["segment"] > 0 and job["timings_ms"]["running"] >= job["timings_ms"]["segment"]

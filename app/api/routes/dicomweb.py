@@ -9,7 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import JobsDep, PacsDep, ServiceDep, SettingsDep
-from app.api.routes.jobs import accepted
+from app.api.routes.jobs import ACCEPTED, accepted
+from app.api.schemas import ErrorBody
 from app.errors import ApiError
 from app.jobs.work import dicomweb_work
 
@@ -23,7 +24,11 @@ def _check_uid(uid: str, what: str) -> None:
         raise ApiError(422, "invalid_uid", f'"{uid[:80]}" is not a DICOM UID ({what}: digits and dots, at most 64)')
 
 
-@router.post("/dicomweb/studies/{study_uid}/segment", status_code=202)
+@router.post(
+    "/dicomweb/studies/{study_uid}/segment",
+    status_code=202,
+    responses={**ACCEPTED, **{status: {"model": ErrorBody} for status in (404, 422, 503)}},
+)
 async def segment_pacs_study(
     study_uid: str,
     service: ServiceDep,

@@ -15,6 +15,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from app.api.deps import JobsDep, ServiceDep, SettingsDep
+from app.api.routes.segment import _BODY as SEGMENT_FORM  # the same multipart form as /segment
+from app.api.schemas import ErrorBody, JobAccepted, JobList, JobRecord
 from app.errors import ApiError
 from app.inputs.uploads import receive_files
 from app.jobs.store import ACTIVE_STATES, Job
@@ -22,6 +24,10 @@ from app.jobs.work import upload_work
 from app.outputs.formats import FORMATS
 
 router = APIRouter(tags=["jobs"])
+
+ACCEPTED = {202: {"model": JobAccepted, "description": "started; follow Location"}}
+_ERRORS = {status: {"model": ErrorBody} for status in (404, 413, 415, 422, 503)}
+_UNKNOWN = {404: {"model": ErrorBody, "description": "no such job"}}
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -41,7 +47,7 @@ def _job(jobs, job_id: str) -> Job:
     return job
 
 
-@router.post("/jobs", status_code=202)
+@router.post("/jobs", status_code=202, responses={**ACCEPTED, **_ERRORS}, openapi_extra={"requestBody": SEGMENT_FORM})
 async def submit_job(
     request: Request,
     service: ServiceDep,
@@ -73,7 +79,7 @@ async def submit_job(
     return accepted(job)
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=JobList)
 async def list_jobs(
     jobs: JobsDep,
     kind: str | None = Query(None, description="upload, dicomweb or listener"),
@@ -83,13 +89,20 @@ async def list_jobs(
     return {"jobs": [j.describe() for j in jobs.store.list(limit, kind)], "active": jobs.active()}
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", response_model=JobRecord, responses=_UNKNOWN)
 async def get_job(job_id: str, jobs: JobsDep):
     """State, the current stage, every stage's time, the error or the available formats."""
     return _job(jobs, job_id).describe()
 
 
-@router.get("/jobs/{job_id}/result")
+@router.get(
+    "/jobs/{job_id}/result",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {f.media_type: {} for f in FORMATS.values()}, "description": "the answer in that format"},
+        **{status: {"model": ErrorBody} for status in (400, 404, 409)},
+    },
+)
 async def get_result(
     job_id: str,
     jobs: JobsDep,
@@ -115,7 +128,11 @@ async def get_result(
     return FileResponse(path, media_type=fmt.media_type, filename=fmt.filename or path.name, headers=headers)
 
 
-@router.delete("/jobs/{job_id}")
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobRecord,
+    responses={**_UNKNOWN, 204: {"description": "a finished job and its files were deleted"}},
+)
 async def delete_job(job_id: str, jobs: JobsDep):
     """Cancel a queued or running job (200, its record); delete a finished one and its files (204)."""
     job = _job(jobs, job_id)
