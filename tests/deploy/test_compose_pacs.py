@@ -28,8 +28,9 @@ def test_the_pacs_profile_wires_the_service_and_orthanc_both_ways():
     settings = Settings(_env_file=None, **{k.removeprefix("SEG_").lower(): v for k, v in env.items()})
     assert settings.listener_enabled and settings.pacs_auth == "basic"
     # Service -> Orthanc: DICOMweb at the compose host name and Orthanc's HTTP port, with Orthanc's user.
-    assert settings.pacs_url == f"http://orthanc:{ORTHANC_CONFIG['HttpPort']}{ORTHANC_CONFIG['DicomWeb']['Root']}".rstrip(
-        "/"
+    assert (
+        settings.pacs_url
+        == f"http://orthanc:{ORTHANC_CONFIG['HttpPort']}{ORTHANC_CONFIG['DicomWeb']['Root']}".rstrip("/")
     )
     orthanc_env = _env("orthanc")
     assert (settings.pacs_username, settings.pacs_password.get_secret_value()) == (
