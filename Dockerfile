@@ -44,6 +44,9 @@ FROM deps AS serve
 COPY README.md ./
 COPY segcore/ segcore/
 COPY app/ app/
+# The viewer page's NiiVue, pinned and hash-checked from the npm registry (no Node.js needed in the image).
+COPY scripts/install_niivue.py scripts/
+RUN python scripts/install_niivue.py && rm -r scripts
 RUN pip install --no-deps .
 # The bundled model, kept outside the models volume; the entrypoint copies it in when the volume lacks it.
 COPY models/brats-wt-flair/ /srv/bundled-models/brats-wt-flair/

@@ -3,6 +3,7 @@
 # file per extras set is refreshed only when pyproject.toml changes).
 #   scripts/bootstrap.sh serve          # what `make serve` needs
 #   scripts/bootstrap.sh serve,train,dev  # what `make test` needs
+# The serve extra also fetches NiiVue for the page at GET / (scripts/install_niivue.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-serve}"
@@ -18,4 +19,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # with tensorflow-cpu, so it is installed without dependencies.
   .venv/bin/python -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.*"
   touch "$stamp"
+fi
+# The viewer page's JavaScript library (NiiVue), pinned and hash-checked, into app/web/vendor/ (own stamp).
+if [[ ",${extras}," == *",serve,"* ]]; then
+  .venv/bin/python scripts/install_niivue.py
 fi
