@@ -1,49 +1,17 @@
-"""Where each archive keeps its files: a small declarative table, not special cases in code.
+"""Training cases: folders matched against the layout table (``segcore.case_layouts``, shared with the
+service's folder command) that provide the wanted modalities *and* a label.
 
 A case folder matches a layout when every file the layout names for a modality or label exists in it.
-Patterns are globs relative to the case folder (standard BraTS names carry the case id as a prefix).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from segcore.case_layouts import LAYOUTS, Layout, find_file
 
-@dataclass(frozen=True)
-class Layout:
-    name: str
-    modalities: dict[str, str]
-    label: str
-    #: source label value -> target label value; values not listed become 0.
-    label_values: dict[int, int] = field(default_factory=dict)
-
-
-LAYOUTS: tuple[Layout, ...] = (
-    Layout(
-        name="deepmedic-brats2015",
-        modalities={"flair": "Flair_subtrMeanDivStd.nii.gz", "t1c": "T1c_subtrMeanDivStd.nii.gz"},
-        label="OTMultiClass.nii.gz",
-        label_values={1: 1, 2: 2, 3: 3, 4: 4},
-    ),
-    Layout(
-        name="deepvoxnet2-brats2018",
-        modalities={"flair": "FLAIR.nii.gz", "t1": "T1.nii.gz"},
-        label="GT_W.nii.gz",
-        label_values={1: 1},  # binary whole tumour
-    ),
-    Layout(
-        name="brats-standard",
-        modalities={
-            "flair": "*_flair.nii*",
-            "t1": "*_t1.nii*",
-            "t1c": "*_t1ce.nii*",
-            "t2": "*_t2.nii*",
-        },
-        label="*_seg.nii*",
-        label_values={1: 1, 2: 2, 3: 3, 4: 4},
-    ),
-)
+__all__ = ["LAYOUTS", "TARGETS", "Case", "Layout", "discover", "find_case"]
 
 #: Label recodings a training config may ask for, applied after ``label_values``.
 TARGETS: dict[str, dict[int, int]] = {
@@ -61,19 +29,14 @@ class Case:
     label: Path
 
 
-def _find(folder: Path, pattern: str) -> Path | None:
-    matches = sorted(folder.glob(pattern))
-    return matches[0] if len(matches) == 1 else None
-
-
 def find_case(folder: Path, modalities: list[str]) -> Case:
     """Match ``folder`` against the layouts; the first that provides ``modalities`` and a label wins."""
     folder = Path(folder)
     for layout in LAYOUTS:
         if not set(modalities) <= set(layout.modalities):
             continue
-        files = {m: _find(folder, layout.modalities[m]) for m in modalities}
-        label = _find(folder, layout.label)
+        files = {m: find_file(folder, layout.modalities[m]) for m in modalities}
+        label = find_file(folder, layout.label)
         if label is not None and all(files.values()):
             return Case(folder.name, folder, layout, files, label)  # type: ignore[arg-type]
     raise ValueError(
