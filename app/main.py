@@ -12,11 +12,9 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 
 from app import __version__, telemetry
-from app.api.routes import dicomweb, health, jobs, models, segment
+from app.api.routes import dicomweb, health, jobs, models, segment, viewer
 from app.config import Settings
 from app.errors import install_handlers
-from app.inputs.archives import ArchiveLimits
-from app.inputs.study import StudyLimits
 from app.jobs import lifecycle
 from app.registry import ModelRegistry
 from app.runners.backends import runner_factory
@@ -97,19 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Brain-tumour MRI segmentation", version=__version__, lifespan=_lifespan(settings, registry, factory)
     )
     app.state.settings = settings
-    app.state.service = SegmentationService(
-        registry,
-        max_concurrent=settings.max_concurrent_inferences,
-        queue_size=settings.queue_size,
-        limits=StudyLimits(
-            max_voxels=settings.max_voxels,
-            archive=ArchiveLimits(
-                max_members=settings.max_archive_members,
-                max_total_bytes=int(settings.max_unzipped_mb * 2**20),
-                max_ratio=settings.max_compression_ratio,
-            ),
-        ),
-    )
+    app.state.service = SegmentationService.from_settings(registry, settings)
     app.state.integrations = lifecycle.build(settings)
     install_handlers(app)
     app.include_router(health.router)
@@ -117,5 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(segment.router)
     app.include_router(jobs.router)
     app.include_router(dicomweb.router)
+    app.include_router(viewer.router)
+    viewer.mount_static(app)
     app.middleware("http")(_count_requests)
     return app

@@ -19,7 +19,9 @@ from typing import TypeVar
 import SimpleITK as sitk
 
 from app import __version__, telemetry
+from app.config import Settings
 from app.errors import ApiError
+from app.inputs.archives import ArchiveLimits
 from app.inputs.study import Study, StudyLimits, read_study
 from app.inputs.uploads import UploadedFile
 from app.outputs.formats import OutputFormat, Payload, Rendering
@@ -101,6 +103,23 @@ class SegmentationService:
         self.registry = registry
         self.limiter = Limiter(max_concurrent, queue_size)
         self.limits = limits
+
+    @classmethod
+    def from_settings(cls, registry: ModelRegistry, settings: Settings) -> SegmentationService:
+        """The service as ``SEG_*`` settings describe it; the server and ``python -m app.predict`` share it."""
+        return cls(
+            registry,
+            max_concurrent=settings.max_concurrent_inferences,
+            queue_size=settings.queue_size,
+            limits=StudyLimits(
+                max_voxels=settings.max_voxels,
+                archive=ArchiveLimits(
+                    max_members=settings.max_archive_members,
+                    max_total_bytes=int(settings.max_unzipped_mb * 2**20),
+                    max_ratio=settings.max_compression_ratio,
+                ),
+            ),
+        )
 
     def resolve(self, name: str, version: int | None) -> LoadedModel:
         """The model a request will run on, fixed before the upload is read."""
