@@ -38,7 +38,10 @@ CHROMIUM_ARGS = [
     "--disable-quic",
     "--no-first-run",
 ]
-RENDER_TIMEOUT_MS = 240_000  # two answers of the 2D model plus a SwiftShader render, on 2 busy cores
+# Two answers of the 2D model, then NiiVue's load and a SwiftShader render (~15 s on 2 idle cores; minutes
+# when the cores are shared with other heavy jobs).
+RENDER_TIMEOUT_MS = 600_000
+SHOT_TIMEOUT_MS = 300_000
 LABEL_RGB = np.array([230, 40, 40])  # the page's (and the PNG preview's) colour for the first label
 
 
@@ -74,7 +77,7 @@ def browser(chromium_path: Path):
 @pytest.fixture
 def page(browser, server: Server):
     """A fresh page at ``GET /`` with every request it makes recorded in ``page.requested``."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860}, device_scale_factor=1)
+    context = browser.new_context(viewport={"width": 1280, "height": 1300}, device_scale_factor=1)
     page = context.new_page()
     page.requested = []
     page.on("request", lambda request: page.requested.append(request.url))
@@ -98,7 +101,8 @@ def _set_opacity(page, value: float) -> np.ndarray:
         "#opacity", "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input')); }", value
     )
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-    return _png(page.locator("#viewer").screenshot())
+    box = page.locator("#viewer").bounding_box()
+    return _png(page.screenshot(clip=box, timeout=SHOT_TIMEOUT_MS))
 
 
 def _axial_tile(page) -> tuple[int, int, int, int]:
@@ -162,7 +166,7 @@ def test_page_segments_a_real_flair_and_draws_the_mask_where_the_tumour_is(page,
     assert (np.abs(grey[:, 0] - grey[:, 1]) < 8).mean() > 0.95
 
     _set_opacity(page, 0.6)
-    shot = page.screenshot(full_page=True)
+    shot = page.screenshot(full_page=True, timeout=SHOT_TIMEOUT_MS)
     (tmp_path / "viewer.png").write_bytes(shot)
     keep = os.environ.get("SEG_VIEWER_SCREENSHOT")  # e.g. docs/viewer.png, to refresh the README's picture
     if keep:
