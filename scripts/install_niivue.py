@@ -96,7 +96,7 @@ def install(force: bool = False) -> Path:
         # Swap in one rename so a running server never serves half a library.
         shutil.rmtree(DEST, ignore_errors=True)
         staging.rename(DEST)
-    print(f"install_niivue: {PACKAGE}@{VERSION} verified and installed into {DEST.relative_to(REPO)}")
+    print(f"install_niivue: {PACKAGE}@{VERSION} verified, installed into {DEST.relative_to(REPO)}")  # noqa: T201
     return DEST
 
 
