@@ -150,10 +150,13 @@ function tumourCentreRAS(summary) {
 async function showInViewer(inputFile, maskBlob, card, summary) {
   const nv = await viewer();
   const { NVImage } = state.niivue;
+  const started = performance.now();
   while (nv.volumes.length) nv.removeVolume(nv.volumes[0]);
   const image = await NVImage.loadFromFile({ file: inputFile, colormap: "gray" });
   const mask = await NVImage.loadFromFile({ file: new File([maskBlob], "mask.nii.gz"), opacity: Number($("#opacity").value) });
   const colours = labelColours(card);
+  // The label colours are set before the mask is added: every addVolume re-uploads all layers and
+  // recomputes the 3D render's gradients, which costs seconds under software WebGL.
   mask.setColormapLabel({
     R: [0, ...colours.map((c) => c.rgb[0])],
     G: [0, ...colours.map((c) => c.rgb[1])],
@@ -166,8 +169,8 @@ async function showInViewer(inputFile, maskBlob, card, summary) {
   nv.addVolume(mask);
   const centre = tumourCentreRAS(summary);
   if (centre) nv.scene.crosshairPos = nv.mm2frac(centre);
-  nv.updateGLVolume();
   nv.drawScene();
+  console.info(`viewer: volumes loaded and drawn in ${(performance.now() - started).toFixed(0)} ms`);
 }
 
 // ---- the answer -----------------------------------------------------------------------------------------
