@@ -133,6 +133,21 @@ def _ground_truth_at(page, pixels: np.ndarray, truth: sitk.Image) -> np.ndarray:
     return np.array(found)
 
 
+def test_page_and_its_library_are_served_by_the_app(server: Server):
+    """Everything the page loads comes from this app, with the media types ES modules need."""
+    need(NIIVUE_FILE.is_file(), f"NiiVue is not installed at {NIIVUE_FILE}: run python3 scripts/install_niivue.py")
+    with server.client() as client:
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'src="/web/viewer.js"' in page.text and "http" not in page.text.split("<body")[0]
+        for path in ("/web/viewer.js", "/web/api.js", "/web/vendor/niivue/niivue.js"):
+            answer = client.get(path)
+            assert answer.status_code == 200, path
+            assert answer.headers["content-type"].startswith(("text/javascript", "application/javascript")), path
+        assert client.get("/web/vendor/niivue/niivue.js").content == NIIVUE_FILE.read_bytes()
+        assert client.get("/web/%2e%2e/config.py").status_code == 404  # nothing outside app/web
+
+
 def test_page_segments_a_real_flair_and_draws_the_mask_where_the_tumour_is(page, server: Server, tmp_path: Path):
     flair = shared_case("brats2018_deepvoxnet2", "case_6", "FLAIR.nii.gz")
     truth = sitk.ReadImage(str(shared_case("brats2018_deepvoxnet2", "case_6", "GT_W.nii.gz")), sitk.sitkUInt8)
