@@ -189,19 +189,21 @@ class Predictor:
         """Segment one case (one model run) and write its JSON answer and ``formats`` into ``out_dir``;
         returns the JSON answer. Raises ``ApiError`` as the API would answer. The files appear in
         ``out_dir`` only once all are written, so a failed case leaves nothing but its ``.error.json``."""
-        from app.service import write_format
-
         if case.problem:
             raise ApiError(422, "no_case", case.problem)
         work = Path(tempfile.mkdtemp(prefix="predict-", dir=self.settings.tmp_dir))
         try:
             extra = {"preprocess": preprocess} if self._takes_preprocess else {}
-            answer = await self.service.segment(self.model, self._uploads(case, work), work, FORMATS["json"], **extra)
+            wanted = [FORMATS["json"], *(FORMATS[name] for name in formats)]  # one segmentation, every format
+            answer = await self.service.segment(self.model, self._uploads(case, work), work, wanted, **extra)
             done = work / "done"
             done.mkdir()
             (done / f"{case.case_id}.json").write_text(json.dumps(answer.payload, indent=2))
             for name in formats:
-                payload = await asyncio.to_thread(write_format, answer, FORMATS[name], work)
+                payload = answer.payloads.get(name)
+                if payload is None:  # left out by the service: a DICOM SEG needs a DICOM input
+                    log.warning("case %s: no %s (the input is not DICOM)", case.case_id, name)
+                    continue
                 target = done / f"{case.case_id}{SUFFIX[name]}"
                 if isinstance(payload, Path):
                     shutil.move(payload, target)
