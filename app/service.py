@@ -1,23 +1,28 @@
 """The segmentation service: one study in, one answer out, with bounded concurrency.
 
 Blocking work (reading, TensorFlow, writing) runs in worker threads so the event loop keeps answering
-``/healthz``. At most ``max_concurrent_inferences`` studies are segmented at once and at most
-``queue_size`` wait; beyond that the answer is 503 with ``Retry-After``.
+``/healthz``. A request is admitted before its upload is read (:class:`Admission`): at most
+``max_concurrent_inferences`` studies are read and segmented at once, at most ``queue_size`` more are
+admitted to wait, and at most ``max_concurrent_uploads`` bodies are received at once; beyond that the
+answer is 503 with ``Retry-After``, immediately.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import SimpleITK as sitk
 
 from app import __version__, telemetry
 from app.errors import ApiError
-from app.inputs.study import Study, StudyLimits, read_study
+from app.inputs.study import Study, StudyLimits, inspect_study
 from app.inputs.uploads import UploadedFile
 from app.outputs.formats import OutputFormat, Payload, Rendering
 from app.registry import LoadedModel, ModelRegistry, UnknownModel
@@ -34,40 +39,91 @@ class Answer:
     payload: Payload  # what the format's writer returned: a file, bytes or a JSON-able dict
 
 
-class Limiter:
-    """A semaphore with a bounded waiting room."""
+def _busy(detail: str) -> ApiError:
+    return ApiError(503, "busy", detail, headers={"Retry-After": "2"})
 
-    def __init__(self, slots: int, queue_size: int) -> None:
+
+TicketState = Literal["uploading", "checking", "queued", "running"]
+
+
+@dataclass
+class Ticket:
+    """One admitted request. ``state`` moves uploading -> checking (headers) -> queued (waiting for a
+    slot) -> running; only a ``queued`` request can be abandoned without waiting for a worker thread."""
+
+    admission: Admission
+    state: TicketState = "uploading"
+
+    def uploaded(self) -> None:
+        if self.state == "uploading":
+            self.admission.uploading -= 1
+            self.state = "checking"
+
+
+class Admission:
+    """Admission control before the upload is read, and the inference slots.
+
+    At most ``slots + queue_size`` requests hold a ticket (uploading, being checked, waiting or running)
+    and at most ``max_uploads`` of them are still receiving their body; beyond either, the answer is 503
+    with ``Retry-After`` at once, before a byte of the body is read. At most ``slots`` studies are read
+    and segmented at once, so the memory in use is bounded by ``slots`` x the per-request budget: a
+    queued request holds only its files on disk, never decoded volumes.
+    """
+
+    def __init__(self, slots: int, queue_size: int, max_uploads: int) -> None:
         self._semaphore = asyncio.Semaphore(slots)
-        self._queue_size = queue_size
-        self._waiting = 0
+        self.capacity = slots + queue_size
+        self.max_uploads = max_uploads
+        self.admitted = 0
+        self.uploading = 0
+        self.waiting = 0
 
-    async def __aenter__(self) -> None:
-        if self._semaphore.locked() and self._waiting >= self._queue_size:
-            raise ApiError(
-                503,
-                "busy",
-                "all inference slots are busy and the queue is full; retry shortly",
-                headers={"Retry-After": "2"},
-            )
-        self._waiting += 1
-        telemetry.QUEUE_DEPTH.set(self._waiting)
+    @contextlib.contextmanager
+    def ticket(self) -> Iterator[Ticket]:
+        if self.admitted >= self.capacity:
+            raise _busy("all inference slots are busy and the queue is full; retry shortly")
+        if self.uploading >= self.max_uploads:
+            raise _busy(f"{self.uploading} uploads are in progress (SEG_MAX_CONCURRENT_UPLOADS); retry shortly")
+        self.admitted += 1
+        self.uploading += 1
+        ticket = Ticket(self)
+        try:
+            yield ticket
+        finally:
+            ticket.uploaded()
+            self.admitted -= 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self, ticket: Ticket) -> AsyncIterator[None]:
+        ticket.state = "queued"
+        self.waiting += 1
+        telemetry.QUEUE_DEPTH.set(self.waiting)
         try:
             await self._semaphore.acquire()
         finally:
-            self._waiting -= 1
-            telemetry.QUEUE_DEPTH.set(self._waiting)
+            self.waiting -= 1
+            telemetry.QUEUE_DEPTH.set(self.waiting)
+        ticket.state = "running"
         telemetry.IN_FLIGHT.inc()
-
-    async def __aexit__(self, *exc: object) -> None:
-        telemetry.IN_FLIGHT.dec()
-        self._semaphore.release()
+        try:
+            yield
+        finally:
+            telemetry.IN_FLIGHT.dec()
+            self._semaphore.release()
 
 
 class SegmentationService:
-    def __init__(self, registry: ModelRegistry, *, max_concurrent: int, queue_size: int, limits: StudyLimits) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        max_concurrent: int,
+        queue_size: int,
+        max_uploads: int,
+        limits: StudyLimits,
+    ) -> None:
         self.registry = registry
-        self.limiter = Limiter(max_concurrent, queue_size)
+        self.admission = Admission(max_concurrent, queue_size, max_uploads)
         self.limits = limits
 
     def resolve(self, name: str, version: int | None) -> LoadedModel:
@@ -79,27 +135,51 @@ class SegmentationService:
             what = f'model "{name}"' + (f" version {version}" if version is not None else "")
             raise ApiError(404, "unknown_model", f"{what} is not loaded; loaded models: {known}") from None
 
-    async def segment(self, model: LoadedModel, files: list[UploadedFile], out_dir: Path, fmt: OutputFormat) -> Answer:
-        """Read, segment and write one study in the format ``fmt`` (a row of ``app.outputs.formats.FORMATS``)."""
+    async def segment(
+        self, model: LoadedModel, files: list[UploadedFile], out_dir: Path, fmt: OutputFormat, ticket: Ticket
+    ) -> Answer:
+        """Check, read, segment and write one study in the format ``fmt`` (a row of
+        ``app.outputs.formats.FORMATS``). Everything that can be refused from headers (the format's own
+        prerequisites included) is refused before a slot is taken; voxels are read inside the slot."""
         t0 = time.perf_counter()
-        study: Study = await asyncio.to_thread(read_study, files, model.card, self.limits)
+        inspected = await asyncio.to_thread(inspect_study, files, model.card, self.limits)
         first = model.card.modalities[0]
-        if fmt.needs_dicom and first not in study.dicom:
+        datasets = inspected.datasets(first)
+        if fmt.needs_dicom and datasets is None:
             raise ApiError(
                 422,
                 f"{fmt.name.replace('-', '_')}_needs_dicom",
                 f'format={fmt.name} needs "{first}" as a DICOM series, not a NIfTI file',
             )
-        read_ms = (time.perf_counter() - t0) * 1000
+        if fmt.precheck is not None:
+            await asyncio.to_thread(fmt.precheck, datasets, model.card)
+        check_ms = (time.perf_counter() - t0) * 1000
         t_queued = time.perf_counter()
-        async with self.limiter:
+        async with self.admission.slot(ticket):
             queue_ms = (time.perf_counter() - t_queued) * 1000  # waiting for a slot: load, not work
+            t_read = time.perf_counter()
+            study: Study = await asyncio.to_thread(inspected.load)
+            read_ms = check_ms + (time.perf_counter() - t_read) * 1000
             result = await asyncio.to_thread(segment, study.images, model.runner)
-        timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
+            timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
+            answer = await self._write(model, study, result.mask, timings, out_dir, fmt)
+        return answer
+
+    async def _write(
+        self,
+        model: LoadedModel,
+        study: Study,
+        mask: sitk.Image,
+        timings: dict[str, float],
+        out_dir: Path,
+        fmt: OutputFormat,
+    ) -> Answer:
+        """Run the format's writer on the mask (the "write" timing included where the format reports it)."""
+        first = model.card.modalities[0]
         telemetry.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
         series = study.dicom.get(first)
         rendering = Rendering(
-            mask=result.mask,
+            mask=mask,
             image=study.images[first],
             datasets=series.datasets if series is not None else None,
             card=model.card,
@@ -118,7 +198,7 @@ class SegmentationService:
             "segmented model=%s version=%s size=%s %s",
             model.name,
             model.version,
-            "x".join(map(str, result.mask.GetSize())),
+            "x".join(map(str, mask.GetSize())),
             " ".join(f"{k}_ms={v:.0f}" for k, v in timings.items()),
         )
-        return Answer(model, result.mask, timings, payload)
+        return Answer(model, mask, timings, payload)
