@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         4, ge=1, description="request bodies received at the same time; beyond, 503 before the upload is read"
     )
     memory_budget_mb: float = Field(
-        4096.0,
+        2048.0,
         gt=0,
         description="memory one request may need (planned from headers: input, model grid, outputs); above, 413",
     )

@@ -41,7 +41,7 @@ class Study:
 @dataclass(frozen=True)
 class StudyLimits:
     max_voxels: int = 512 * 512 * 512
-    memory_budget_bytes: int = 4 << 30
+    memory_budget_bytes: int = 2 << 30
     min_overlap: float = 0.5  # fraction of the reference brain another modality must cover
     archive: ArchiveLimits = ArchiveLimits()
 
