@@ -48,7 +48,7 @@ RUN pip install --no-deps .
 # The bundled model, kept outside the models volume; the entrypoint copies it in when the volume lacks it.
 COPY models/brats-wt-flair/ /srv/bundled-models/brats-wt-flair/
 COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
-RUN mkdir -p /srv/models /tmp/seg && chown seg:seg /srv/models /tmp/seg
+RUN mkdir -p /srv/models /srv/jobs /tmp/seg && chown seg:seg /srv/models /srv/jobs /tmp/seg
 # Settings (SEG_*, see the README) and CPU threading. TensorFlow sizes its pools once, at its first op:
 # SEG_INTRA_OP_THREADS unset means every CPU of the container's cpuset (TensorFlow reads the affinity
 # mask, not a --cpus quota: pin with cpuset, or set SEG_INTRA_OP_THREADS). A U-Net is a chain of ops,
@@ -59,6 +59,7 @@ ENV SEG_HOST=0.0.0.0 \
     SEG_PORT=8000 \
     SEG_MODELS_DIR=/srv/models \
     SEG_TMP_DIR=/tmp/seg \
+    SEG_JOBS_DIR=/srv/jobs \
     SEG_INTER_OP_THREADS=1 \
     SEG_MAX_CONCURRENT_INFERENCES=1 \
     TF_ENABLE_ONEDNN_OPTS=1 \

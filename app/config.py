@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.runners.backends import BACKENDS, BackendName
@@ -67,6 +67,33 @@ class Settings(BaseSettings):
     )
     max_header_kb: int = Field(16, ge=1, le=1024, description="request headers larger than this get 431")
     tmp_dir: Path | None = Field(None, description="where uploads are staged (default: system temp)")
+    jobs_dir: Path = Field(Path("jobs"), description="job records (jobs.sqlite3) and results; keep it on a volume")
+    jobs_max_active: int | None = Field(
+        None, ge=1, description="jobs queued or running at once, then 503 (default: inference slots + queue size)"
+    )
+    jobs_retention_hours: float = Field(24.0, gt=0, description="finished jobs and their files are deleted after")
+    jobs_max_records: int = Field(1000, ge=1, description="finished jobs kept at most (oldest deleted first)")
+    pacs_url: str | None = Field(None, description="DICOMweb root of the PACS, e.g. http://pacs:8042/dicom-web")
+    pacs_auth: Literal["none", "basic", "bearer"] = Field("none", description="how to authenticate to the PACS")
+    pacs_username: str | None = Field(None, description="SEG_PACS_AUTH=basic: user name")
+    pacs_password: SecretStr | None = Field(None, description="SEG_PACS_AUTH=basic: password")
+    pacs_token: SecretStr | None = Field(None, description="SEG_PACS_AUTH=bearer: token")
+    pacs_timeout_seconds: float = Field(30.0, gt=0, description="per HTTP request (and per DIMSE exchange)")
+    pacs_retries: int = Field(2, ge=0, le=10, description="retries of refused connections and HTTP 429/503/504")
+    listener_enabled: bool = Field(False, description="run the DICOM listener (C-STORE SCP)")
+    listener_ae_title: str = Field("BRATS", min_length=1, max_length=16, description="the listener's AE title")
+    listener_host: str = Field("127.0.0.1", description="address the listener binds")
+    listener_port: int = Field(11112, ge=1, le=65535, description="DICOM port of the listener")
+    listener_calling_aets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="AE titles allowed to send, comma-separated (required when enabled)"
+    )
+    listener_max_associations: int = Field(4, ge=1, description="associations served at once")
+    listener_quiet_seconds: float = Field(10.0, gt=0, description="a study is segmented after this long without data")
+    listener_max_study_mb: float = Field(2048.0, gt=0, description="size limit per received study")
+    listener_model: str | None = Field(None, description="model for received studies (default: SEG_DEFAULT_MODEL)")
+    listener_destination: str | None = Field(
+        None, description="AET@host:port the SEG is C-STOREd to; unset: STOW-RS to SEG_PACS_URL"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
@@ -89,6 +116,34 @@ class Settings(BaseSettings):
                 raise ValueError(f'SEG_PINNED_VERSIONS entries look like "name=3", not "{item.strip()}"')
             pins[name.strip()] = version.strip()
         return pins
+
+    @field_validator("listener_calling_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("listener_destination")
+    @classmethod
+    def _check_destination(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        aet, at, address = value.strip().partition("@")
+        host, colon, port = address.rpartition(":")
+        if not (at and colon and aet and host and port.isdigit() and len(aet) <= 16):
+            raise ValueError(f'SEG_LISTENER_DESTINATION looks like "AET@host:port", not "{value}"')
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_integrations(self) -> Settings:
+        if self.listener_enabled and not self.listener_calling_aets:
+            raise ValueError("SEG_LISTENER_ENABLED needs SEG_LISTENER_CALLING_AETS (the AE titles allowed to send)")
+        if self.pacs_auth == "basic" and not self.pacs_username:
+            raise ValueError("SEG_PACS_AUTH=basic needs SEG_PACS_USERNAME and SEG_PACS_PASSWORD")
+        if self.pacs_auth == "bearer" and not self.pacs_token:
+            raise ValueError("SEG_PACS_AUTH=bearer needs SEG_PACS_TOKEN")
+        return self
 
     @field_validator("pinned_versions")
     @classmethod

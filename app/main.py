@@ -13,12 +13,13 @@ from fastapi import FastAPI, Request, Response
 
 from app import __version__, telemetry
 from app.api.boundary import RequestBoundary
-from app.api.routes import health, models, segment
+from app.api.routes import dicomweb, health, jobs, models, segment
 from app.config import Settings
 from app.errors import install_handlers
 from app.inputs.archives import ArchiveLimits
 from app.inputs.staging import remove_stale
 from app.inputs.study import StudyLimits
+from app.jobs import lifecycle
 from app.logs import configure_logging
 from app.registry import ModelRegistry
 from app.runners.backends import runner_factory
@@ -48,6 +49,7 @@ def _lifespan(settings: Settings, registry: ModelRegistry, factory: object):
         if not registry.ready():
             log.warning("no_model_loaded models_dir=%s", settings.models_dir)
         poller = asyncio.create_task(_poll(registry, settings.poll_seconds)) if settings.poll_seconds > 0 else None
+        await lifecycle.start(app.state.integrations, settings, app.state.service)
         log.info(
             "serving backend=%s models_dir=%s poll_seconds=%s keep_versions=%s pinned=%s",
             settings.backend,
@@ -57,6 +59,7 @@ def _lifespan(settings: Settings, registry: ModelRegistry, factory: object):
             settings.pinned_versions or "-",
         )
         yield
+        await lifecycle.stop(app.state.integrations)
         if poller is not None:
             poller.cancel()
         close = getattr(factory, "close", None)  # the TF Serving channel
@@ -67,12 +70,12 @@ def _lifespan(settings: Settings, registry: ModelRegistry, factory: object):
 
 
 async def _count_requests(request: Request, call_next) -> Response:
-    """Middleware: requests by route and status (Prometheus), and one log line per /segment."""
+    """Middleware: requests by route and status (Prometheus), and one log line per /segment and POST /jobs."""
     started = time.perf_counter()
     response = await call_next(request)
     route = request.scope.get("route")
     telemetry.REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-    if request.url.path == "/segment":
+    if request.url.path in ("/segment", "/jobs"):
         log.info(
             "request path=%s status=%s ms=%.0f",
             request.url.path,
@@ -114,10 +117,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         ),
     )
+    app.state.integrations = lifecycle.build(settings)
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(segment.router)
+    app.include_router(jobs.router)
+    app.include_router(dicomweb.router)
     app.middleware("http")(_count_requests)
     app.add_middleware(RequestBoundary)  # added last: the outermost of the application's middleware
     return app

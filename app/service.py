@@ -4,7 +4,8 @@ Blocking work (reading, TensorFlow, writing) runs in worker threads so the event
 ``/healthz``. A request is admitted before its upload is read (:class:`Admission`): at most
 ``max_concurrent_inferences`` studies are read and segmented at once, at most ``queue_size`` more are
 admitted to wait, and at most ``max_concurrent_uploads`` bodies are received at once; beyond that the
-answer is 503 with ``Retry-After``, immediately.
+answer is 503 with ``Retry-After``, immediately. Jobs (``app.jobs``) are admitted when submitted and
+wait for a slot however long the line is.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import SimpleITK as sitk
 
@@ -29,6 +30,9 @@ from app.registry import LoadedModel, ModelRegistry, UnknownModel
 from segcore.pipeline import segment
 
 log = logging.getLogger("app.service")
+T = TypeVar("T")
+Progress = Callable[[str], None]
+"""Told the name of each stage as it starts: ``read``, ``queue`` (waiting for a slot), ``segment``, ``write``."""
 
 
 @dataclass
@@ -36,7 +40,8 @@ class Answer:
     model: LoadedModel
     mask: sitk.Image
     timings_ms: dict[str, float]
-    payload: Payload  # what the format's writer returned: a file, bytes or a JSON-able dict
+    payload: Payload  # what the (first) format's writer returned: a file, bytes or a JSON-able dict
+    payloads: dict[str, Payload] = field(default_factory=dict)  # by format name, when several were asked
 
 
 def _busy(detail: str) -> ApiError:
@@ -112,6 +117,18 @@ class Admission:
             self._semaphore.release()
 
 
+async def run_to_completion(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a worker thread. If the caller is cancelled meanwhile (a cancelled job), the thread
+    is waited for before the cancellation goes on, so an inference slot is never released while its work
+    still runs."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
 class SegmentationService:
     def __init__(
         self,
@@ -136,34 +153,67 @@ class SegmentationService:
             raise ApiError(404, "unknown_model", f"{what} is not loaded; loaded models: {known}") from None
 
     async def segment(
-        self, model: LoadedModel, files: list[UploadedFile], out_dir: Path, fmt: OutputFormat, ticket: Ticket
+        self,
+        model: LoadedModel,
+        files: list[UploadedFile],
+        out_dir: Path,
+        fmt: OutputFormat | Sequence[OutputFormat],
+        ticket: Ticket | None = None,
+        *,
+        progress: Progress | None = None,
     ) -> Answer:
         """Check, read, segment and write one study in the format ``fmt`` (a row of
-        ``app.outputs.formats.FORMATS``). Everything that can be refused from headers (the format's own
-        prerequisites included) is refused before a slot is taken; voxels are read inside the slot."""
+        ``app.outputs.formats.FORMATS``), or in several at once (a job's answer: one segmentation, every
+        format the input allows; a single format the input cannot give is refused as ``/segment`` refuses it).
+
+        Everything that can be refused from headers (the formats' own prerequisites included) is refused
+        before a slot is taken; voxels are read inside the slot. ``ticket``: the request's admission
+        (``/segment``); ``None`` for a job, admitted when submitted, which waits for a slot however long
+        the line is. ``progress`` is told each stage as it starts (``read``, ``queue``, ``segment``,
+        ``write``).
+        """
+        stage = progress or (lambda _: None)
+        ticket = ticket or Ticket(self.admission, state="checking")
         t0 = time.perf_counter()
+        stage("read")
         inspected = await asyncio.to_thread(inspect_study, files, model.card, self.limits)
-        first = model.card.modalities[0]
-        datasets = inspected.datasets(first)
-        if fmt.needs_dicom and datasets is None:
+        datasets = inspected.datasets(model.card.modalities[0])
+        formats = self._applicable([fmt] if isinstance(fmt, OutputFormat) else list(fmt), datasets, model)
+        for f in formats:
+            if f.precheck is not None:
+                await asyncio.to_thread(f.precheck, datasets, model.card)
+        check_ms = (time.perf_counter() - t0) * 1000
+        stage("queue")
+        t_queued = time.perf_counter()
+        async with self.admission.slot(ticket):
+            queue_ms = (time.perf_counter() - t_queued) * 1000  # waiting for a slot: load, not work
+            t_read = time.perf_counter()
+            study: Study = await run_to_completion(inspected.load)
+            read_ms = check_ms + (time.perf_counter() - t_read) * 1000
+            stage("segment")
+            result = await run_to_completion(segment, study.images, model.runner)
+            timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
+            stage("write")
+            answer = await self._write(model, study, result.mask, timings, out_dir, formats)
+        return answer
+
+    @staticmethod
+    def _applicable(formats: list[OutputFormat], datasets: object, model: LoadedModel) -> list[OutputFormat]:
+        """``formats`` less those needing a DICOM input the study does not have (``datasets`` is None for a
+        NIfTI input); a single such format is refused (422 ``<format>_needs_dicom``), as ``/segment``
+        answers it."""
+        if datasets is not None:
+            return formats
+        usable = [f for f in formats if not f.needs_dicom]
+        if not usable:
+            fmt = formats[0]
+            first = model.card.modalities[0]
             raise ApiError(
                 422,
                 f"{fmt.name.replace('-', '_')}_needs_dicom",
                 f'format={fmt.name} needs "{first}" as a DICOM series, not a NIfTI file',
             )
-        if fmt.precheck is not None:
-            await asyncio.to_thread(fmt.precheck, datasets, model.card)
-        check_ms = (time.perf_counter() - t0) * 1000
-        t_queued = time.perf_counter()
-        async with self.admission.slot(ticket):
-            queue_ms = (time.perf_counter() - t_queued) * 1000  # waiting for a slot: load, not work
-            t_read = time.perf_counter()
-            study: Study = await asyncio.to_thread(inspected.load)
-            read_ms = check_ms + (time.perf_counter() - t_read) * 1000
-            result = await asyncio.to_thread(segment, study.images, model.runner)
-            timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
-            answer = await self._write(model, study, result.mask, timings, out_dir, fmt)
-        return answer
+        return usable
 
     async def _write(
         self,
@@ -172,9 +222,9 @@ class SegmentationService:
         mask: sitk.Image,
         timings: dict[str, float],
         out_dir: Path,
-        fmt: OutputFormat,
+        formats: list[OutputFormat],
     ) -> Answer:
-        """Run the format's writer on the mask (the "write" timing included where the format reports it)."""
+        """Run each format's writer on the mask (the "write" timing included where a format reports it)."""
         first = model.card.modalities[0]
         telemetry.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
         series = study.dicom.get(first)
@@ -188,12 +238,13 @@ class SegmentationService:
             software_version=__version__,
         )
         t1 = time.perf_counter()
-        payload = None if fmt.reports_timings else await asyncio.to_thread(fmt.write, rendering)
+        payloads = {f.name: await asyncio.to_thread(f.write, rendering) for f in formats if not f.reports_timings}
         timings["write"] = (time.perf_counter() - t1) * 1000
-        for stage, ms in timings.items():
-            telemetry.STAGE_SECONDS.labels(stage).observe(ms / 1000)
-        if payload is None:  # a format that reports the timings, "write" included, is built last
-            payload = await asyncio.to_thread(fmt.write, rendering)
+        for name, ms in timings.items():
+            telemetry.STAGE_SECONDS.labels(name).observe(ms / 1000)
+        for f in formats:  # a format that reports the timings, "write" included, is built last
+            if f.reports_timings:
+                payloads[f.name] = await asyncio.to_thread(f.write, rendering)
         log.info(
             "segmented model=%s version=%s size=%s %s",
             model.name,
@@ -201,4 +252,4 @@ class SegmentationService:
             "x".join(map(str, mask.GetSize())),
             " ".join(f"{k}_ms={v:.0f}" for k, v in timings.items()),
         )
-        return Answer(model, mask, timings, payload)
+        return Answer(model, mask, timings, payloads[formats[0].name], payloads)

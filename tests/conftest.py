@@ -81,6 +81,7 @@ def start_server(tmp: Path, env_overrides: dict[str, str] | None = None, wait_re
         "SEG_INTRA_OP_THREADS": "2",
         "SEG_INTER_OP_THREADS": "1",
         "SEG_LOG_LEVEL": "INFO",  # tests read the log (e.g. that no patient data is in it)
+        "SEG_JOBS_DIR": str(tmp / "jobs"),  # job records and results stay in the test's temporary folder
         **(env_overrides or {}),
     }
     launched = launch(

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.config import Settings
+from app.jobs.runner import JobRunner
+from app.pacs.dicomweb import PacsClient
 from app.registry import ModelRegistry
 from app.service import SegmentationService
 
@@ -26,3 +28,15 @@ def _registry(request: Request) -> ModelRegistry:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ServiceDep = Annotated[SegmentationService, Depends(_service)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+
+
+def _jobs(request: Request) -> JobRunner:
+    return request.app.state.integrations.runner
+
+
+def _pacs(request: Request) -> PacsClient | None:
+    return request.app.state.integrations.pacs
+
+
+JobsDep = Annotated[JobRunner, Depends(_jobs)]
+PacsDep = Annotated[PacsClient | None, Depends(_pacs)]

@@ -99,3 +99,47 @@ class SegmentationSummary(BaseModel):
     bounding_box: list[list[int]] | None = Field(description="inclusive [start, stop] per axis, ITK order (x, y, z)")
     geometry: Geometry
     timings_ms: dict[str, float]
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobStage(BaseModel):
+    name: str = Field(
+        description="read, queue, segment, write; query/retrieve/store (DICOMweb); select/send (listener)"
+    )
+    state: Literal["running", "done"]
+    started: float = Field(description="Unix time (s)")
+    ms: float | None = Field(description="duration once done")
+
+
+class JobRecord(BaseModel):
+    """``GET /jobs/{id}``: what a job is doing or did. Times are Unix seconds; durations milliseconds."""
+
+    id: str
+    kind: Literal["upload", "dicomweb", "listener"]
+    state: JobState
+    model: ModelRef | None
+    source: dict = Field(description="what was segmented: field names and counts, or study/series UIDs")
+    stage: str | None = Field(description="the running stage, if any")
+    stages: list[JobStage]
+    created: float
+    started: float | None
+    finished: float | None
+    timings_ms: dict[str, float | None] = Field(description="waiting, running, and each stage's duration")
+    error: ErrorBody | None = Field(description="why it failed: the code and sentence /segment would answer")
+    formats: list[str] = Field(description="formats GET /jobs/{id}/result can answer")
+    outcome: dict = Field(description="series chosen (and why others were not), where the SEG was stored")
+
+
+class JobAccepted(BaseModel):
+    """``202`` for a started job; ``location`` is also the ``Location`` header."""
+
+    id: str
+    state: JobState
+    location: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobRecord] = Field(description="newest first")
+    active: int = Field(description="jobs of this process queued or running")

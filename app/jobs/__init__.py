@@ -1,0 +1,1 @@
+"""Asynchronous jobs: the SQLite job store, the runner, and what each kind of job does."""
