@@ -47,7 +47,25 @@ class Settings(BaseSettings):
         None, description="JSON written by `python -m app.tune`; fills the thread settings not set explicitly"
     )
     max_concurrent_inferences: int = Field(1, ge=1, description="studies segmented at the same time")
-    queue_size: int = Field(8, ge=0, description="requests allowed to wait for a slot; then 503")
+    queue_size: int = Field(8, ge=0, description="requests admitted to wait for a slot; beyond, 503 before the upload")
+    max_concurrent_uploads: int = Field(
+        4, ge=1, description="request bodies received at the same time; beyond, 503 before the upload is read"
+    )
+    memory_budget_mb: float = Field(
+        2048.0,
+        gt=0,
+        description="memory one request may need (planned from headers: input, model grid, outputs); above, 413",
+    )
+    min_modality_overlap: float = Field(
+        0.5, ge=0, le=1, description="fraction of the first modality's brain every other modality must cover"
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="time for a request's headers to arrive after their first byte; then 408, closed"
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="longest pause while a request body is received; then 408"
+    )
+    max_header_kb: int = Field(16, ge=1, le=1024, description="request headers larger than this get 431")
     tmp_dir: Path | None = Field(None, description="where uploads are staged (default: system temp)")
     jobs_dir: Path = Field(Path("jobs"), description="job records (jobs.sqlite3) and results; keep it on a volume")
     jobs_max_active: int | None = Field(
@@ -162,3 +180,7 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.memory_budget_mb * 1024 * 1024)

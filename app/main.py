@@ -12,10 +12,13 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 
 from app import __version__, telemetry
+from app.api.boundary import RequestBoundary
 from app.api.routes import dicomweb, health, jobs, models, segment, viewer
 from app.config import Settings
 from app.errors import install_handlers
+from app.inputs.staging import remove_stale
 from app.jobs import lifecycle
+from app.logs import configure_logging
 from app.registry import ModelRegistry
 from app.runners.backends import runner_factory
 from app.service import SegmentationService
@@ -82,11 +85,12 @@ async def _count_requests(request: Request, call_next) -> Response:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level)
     # Before TensorFlow runs its first op: pool sizes are fixed from then on.
     apply_thread_env(intra_op=settings.intra_op_threads, inter_op=settings.inter_op_threads)
     if settings.tmp_dir is not None:
         Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale(settings.tmp_dir)  # left by a killed process (OOM killer, container stop)
     factory = runner_factory(settings)
     registry = ModelRegistry(
         settings.models_dir, factory, keep_versions=settings.keep_versions, pinned=settings.pinned_versions
@@ -106,4 +110,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(viewer.router)
     viewer.mount_static(app)
     app.middleware("http")(_count_requests)
+    app.add_middleware(RequestBoundary)  # added last: the outermost of the application's middleware
     return app

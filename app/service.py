@@ -1,8 +1,11 @@
 """The segmentation service: one study in, one answer out, with bounded concurrency.
 
 Blocking work (reading, TensorFlow, writing) runs in worker threads so the event loop keeps answering
-``/healthz``. At most ``max_concurrent_inferences`` studies are segmented at once and at most
-``queue_size`` wait; beyond that the answer is 503 with ``Retry-After``.
+``/healthz``. A request is admitted before its upload is read (:class:`Admission`): at most
+``max_concurrent_inferences`` studies are read and segmented at once, at most ``queue_size`` more are
+admitted to wait, and at most ``max_concurrent_uploads`` bodies are received at once; beyond that the
+answer is 503 with ``Retry-After``, immediately. Jobs (``app.jobs``) are admitted when submitted and
+wait for a slot however long the line is.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import SimpleITK as sitk
 
@@ -22,7 +25,7 @@ from app import __version__, telemetry
 from app.config import Settings
 from app.errors import ApiError
 from app.inputs.archives import ArchiveLimits
-from app.inputs.study import Study, StudyLimits, read_study
+from app.inputs.study import Study, StudyLimits, inspect_study
 from app.inputs.uploads import UploadedFile
 from app.outputs.formats import OutputFormat, Payload, Rendering
 from app.registry import LoadedModel, ModelRegistry, UnknownModel
@@ -43,47 +46,77 @@ class Answer:
     payloads: dict[str, Payload] = field(default_factory=dict)  # by format name, when several were asked
 
 
-class Limiter:
-    """A semaphore with a bounded waiting room."""
+def _busy(detail: str) -> ApiError:
+    return ApiError(503, "busy", detail, headers={"Retry-After": "2"})
 
-    def __init__(self, slots: int, queue_size: int) -> None:
+
+TicketState = Literal["uploading", "checking", "queued", "running"]
+
+
+@dataclass
+class Ticket:
+    """One admitted request. ``state`` moves uploading -> checking (headers) -> queued (waiting for a
+    slot) -> running; only a ``queued`` request can be abandoned without waiting for a worker thread."""
+
+    admission: Admission
+    state: TicketState = "uploading"
+
+    def uploaded(self) -> None:
+        if self.state == "uploading":
+            self.admission.uploading -= 1
+            self.state = "checking"
+
+
+class Admission:
+    """Admission control before the upload is read, and the inference slots.
+
+    At most ``slots + queue_size`` requests hold a ticket (uploading, being checked, waiting or running)
+    and at most ``max_uploads`` of them are still receiving their body; beyond either, the answer is 503
+    with ``Retry-After`` at once, before a byte of the body is read. At most ``slots`` studies are read
+    and segmented at once, so the memory in use is bounded by ``slots`` x the per-request budget: a
+    queued request holds only its files on disk, never decoded volumes.
+    """
+
+    def __init__(self, slots: int, queue_size: int, max_uploads: int) -> None:
         self._semaphore = asyncio.Semaphore(slots)
-        self._queue_size = queue_size
-        self._waiting = 0
+        self.capacity = slots + queue_size
+        self.max_uploads = max_uploads
+        self.admitted = 0
+        self.uploading = 0
+        self.waiting = 0
 
-    async def __aenter__(self) -> None:
-        await self.enter(bounded=True)
+    @contextlib.contextmanager
+    def ticket(self) -> Iterator[Ticket]:
+        if self.admitted >= self.capacity:
+            raise _busy("all inference slots are busy and the queue is full; retry shortly")
+        if self.uploading >= self.max_uploads:
+            raise _busy(f"{self.uploading} uploads are in progress (SEG_MAX_CONCURRENT_UPLOADS); retry shortly")
+        self.admitted += 1
+        self.uploading += 1
+        ticket = Ticket(self)
+        try:
+            yield ticket
+        finally:
+            ticket.uploaded()
+            self.admitted -= 1
 
-    async def enter(self, bounded: bool) -> None:
-        """Take a slot, waiting in line. ``bounded``: refuse (503) when the waiting room is full. Jobs wait
-        unbounded: they were admitted when submitted, and a job has no client to answer 503 to."""
-        if bounded and self._semaphore.locked() and self._waiting >= self._queue_size:
-            raise ApiError(
-                503,
-                "busy",
-                "all inference slots are busy and the queue is full; retry shortly",
-                headers={"Retry-After": "2"},
-            )
-        self._waiting += 1
-        telemetry.QUEUE_DEPTH.set(self._waiting)
+    @contextlib.asynccontextmanager
+    async def slot(self, ticket: Ticket) -> AsyncIterator[None]:
+        ticket.state = "queued"
+        self.waiting += 1
+        telemetry.QUEUE_DEPTH.set(self.waiting)
         try:
             await self._semaphore.acquire()
         finally:
-            self._waiting -= 1
-            telemetry.QUEUE_DEPTH.set(self._waiting)
+            self.waiting -= 1
+            telemetry.QUEUE_DEPTH.set(self.waiting)
+        ticket.state = "running"
         telemetry.IN_FLIGHT.inc()
-
-    async def __aexit__(self, *exc: object) -> None:
-        telemetry.IN_FLIGHT.dec()
-        self._semaphore.release()
-
-    @contextlib.asynccontextmanager
-    async def slot(self, bounded: bool = True) -> AsyncIterator[None]:
-        await self.enter(bounded)
         try:
             yield
         finally:
-            await self.__aexit__()
+            telemetry.IN_FLIGHT.dec()
+            self._semaphore.release()
 
 
 async def run_to_completion(fn: Callable[..., T], *args: object) -> T:
@@ -99,9 +132,17 @@ async def run_to_completion(fn: Callable[..., T], *args: object) -> T:
 
 
 class SegmentationService:
-    def __init__(self, registry: ModelRegistry, *, max_concurrent: int, queue_size: int, limits: StudyLimits) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        max_concurrent: int,
+        queue_size: int,
+        max_uploads: int,
+        limits: StudyLimits,
+    ) -> None:
         self.registry = registry
-        self.limiter = Limiter(max_concurrent, queue_size)
+        self.admission = Admission(max_concurrent, queue_size, max_uploads)
         self.limits = limits
 
     @classmethod
@@ -111,8 +152,11 @@ class SegmentationService:
             registry,
             max_concurrent=settings.max_concurrent_inferences,
             queue_size=settings.queue_size,
+            max_uploads=settings.max_concurrent_uploads,
             limits=StudyLimits(
                 max_voxels=settings.max_voxels,
+                memory_budget_bytes=settings.memory_budget_bytes,
+                min_overlap=settings.min_modality_overlap,
                 archive=ArchiveLimits(
                     max_members=settings.max_archive_members,
                     max_total_bytes=int(settings.max_unzipped_mb * 2**20),
@@ -136,36 +180,78 @@ class SegmentationService:
         files: list[UploadedFile],
         out_dir: Path,
         fmt: OutputFormat | Sequence[OutputFormat],
+        ticket: Ticket | None = None,
         *,
         progress: Progress | None = None,
-        wait: bool = False,
     ) -> Answer:
-        """Read, segment and write one study in the format ``fmt`` (a row of ``app.outputs.formats.FORMATS``),
-        or in several at once (a job's answer: one segmentation, every format).
+        """Check, read, segment and write one study in the format ``fmt`` (a row of
+        ``app.outputs.formats.FORMATS``), or in several at once (a job's answer: one segmentation, every
+        format the input allows; a single format the input cannot give is refused as ``/segment`` refuses it).
 
-        With several formats, those the input cannot give (a DICOM SEG of a NIfTI input) are left out; a
-        single one is refused as ``/segment`` refuses it. ``progress`` is told each stage as it starts
-        (``read``, ``queue``, ``segment``, ``write``). ``wait``: wait for an inference slot however long the
-        line is (jobs, admitted when submitted) instead of 503 when the waiting room is full.
+        Everything that can be refused from headers (the formats' own prerequisites included) is refused
+        before a slot is taken; voxels are read inside the slot. ``ticket``: the request's admission
+        (``/segment``); ``None`` for a job, admitted when submitted, which waits for a slot however long
+        the line is. ``progress`` is told each stage as it starts (``read``, ``queue``, ``segment``,
+        ``write``).
         """
         stage = progress or (lambda _: None)
+        ticket = ticket or Ticket(self.admission, state="checking")
         t0 = time.perf_counter()
         stage("read")
-        study: Study = await asyncio.to_thread(read_study, files, model.card, self.limits)
-        formats = self._applicable([fmt] if isinstance(fmt, OutputFormat) else list(fmt), study, model)
-        read_ms = (time.perf_counter() - t0) * 1000
+        inspected = await asyncio.to_thread(inspect_study, files, model.card, self.limits)
+        datasets = inspected.datasets(model.card.modalities[0])
+        formats = self._applicable([fmt] if isinstance(fmt, OutputFormat) else list(fmt), datasets, model)
+        for f in formats:
+            if f.precheck is not None:
+                await asyncio.to_thread(f.precheck, datasets, model.card)
+        check_ms = (time.perf_counter() - t0) * 1000
         stage("queue")
         t_queued = time.perf_counter()
-        async with self.limiter.slot(bounded=not wait):
+        async with self.admission.slot(ticket):
             queue_ms = (time.perf_counter() - t_queued) * 1000  # waiting for a slot: load, not work
+            t_read = time.perf_counter()
+            study: Study = await run_to_completion(inspected.load)
+            read_ms = check_ms + (time.perf_counter() - t_read) * 1000
             stage("segment")
             result = await run_to_completion(segment, study.images, model.runner)
-        timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
-        telemetry.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
+            timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
+            stage("write")
+            answer = await self._write(model, study, result.mask, timings, out_dir, formats)
+        return answer
+
+    @staticmethod
+    def _applicable(formats: list[OutputFormat], datasets: object, model: LoadedModel) -> list[OutputFormat]:
+        """``formats`` less those needing a DICOM input the study does not have (``datasets`` is None for a
+        NIfTI input); a single such format is refused (422 ``<format>_needs_dicom``), as ``/segment``
+        answers it."""
+        if datasets is not None:
+            return formats
+        usable = [f for f in formats if not f.needs_dicom]
+        if not usable:
+            fmt = formats[0]
+            first = model.card.modalities[0]
+            raise ApiError(
+                422,
+                f"{fmt.name.replace('-', '_')}_needs_dicom",
+                f'format={fmt.name} needs "{first}" as a DICOM series, not a NIfTI file',
+            )
+        return usable
+
+    async def _write(
+        self,
+        model: LoadedModel,
+        study: Study,
+        mask: sitk.Image,
+        timings: dict[str, float],
+        out_dir: Path,
+        formats: list[OutputFormat],
+    ) -> Answer:
+        """Run each format's writer on the mask (the "write" timing included where a format reports it)."""
         first = model.card.modalities[0]
+        telemetry.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
         series = study.dicom.get(first)
         rendering = Rendering(
-            mask=result.mask,
+            mask=mask,
             image=study.images[first],
             datasets=series.datasets if series is not None else None,
             card=model.card,
@@ -173,7 +259,6 @@ class SegmentationService:
             directory=out_dir,
             software_version=__version__,
         )
-        stage("write")
         t1 = time.perf_counter()
         payloads = {f.name: await asyncio.to_thread(f.write, rendering) for f in formats if not f.reports_timings}
         timings["write"] = (time.perf_counter() - t1) * 1000
@@ -186,24 +271,7 @@ class SegmentationService:
             "segmented model=%s version=%s size=%s %s",
             model.name,
             model.version,
-            "x".join(map(str, result.mask.GetSize())),
+            "x".join(map(str, mask.GetSize())),
             " ".join(f"{k}_ms={v:.0f}" for k, v in timings.items()),
         )
-        return Answer(model, result.mask, timings, payloads[formats[0].name], payloads)
-
-    @staticmethod
-    def _applicable(formats: list[OutputFormat], study: Study, model: LoadedModel) -> list[OutputFormat]:
-        """``formats`` less those needing a DICOM input the study does not have; a single such format is
-        refused (422 ``<format>_needs_dicom``), as ``/segment`` answers it."""
-        first = model.card.modalities[0]
-        if first in study.dicom:
-            return formats
-        usable = [f for f in formats if not f.needs_dicom]
-        if not usable:
-            fmt = formats[0]
-            raise ApiError(
-                422,
-                f"{fmt.name.replace('-', '_')}_needs_dicom",
-                f'format={fmt.name} needs "{first}" as a DICOM series, not a NIfTI file',
-            )
-        return usable
+        return Answer(model, mask, timings, payloads[formats[0].name], payloads)

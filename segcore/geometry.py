@@ -38,6 +38,34 @@ def to_model_grid(image: sitk.Image, orientation: str, spacing_mm: Sequence[floa
     )
 
 
+_AXIS_OF_LETTER = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
+
+
+def model_grid_size(
+    size: Sequence[int],
+    spacing: Sequence[float],
+    direction: np.ndarray,
+    orientation: str,
+    spacing_mm: Sequence[float],
+) -> tuple[int, int, int]:
+    """The size (x, y, z) :func:`to_model_grid` will produce for an image of this geometry, computed
+    from the header alone so that memory can be refused before it is spent.
+
+    ``direction`` is 3x3 with the image axes' LPS directions as columns. Reorientation maps each image
+    axis to the model axis of its dominant direction (as ``DICOMOrient`` does); if two axes tie (a 45
+    degree oblique), the finest model spacing is assumed for both, which over- rather than underestimates.
+    """
+    dominant = [int(np.argmax(np.abs(np.asarray(direction, dtype=float)[:, i]))) for i in range(3)]
+    target_of_world = {_AXIS_OF_LETTER[letter]: j for j, letter in enumerate(orientation.upper())}
+    result = [0, 0, 0]
+    for i in range(3):
+        extent = float(size[i]) * float(spacing[i])
+        j = target_of_world[dominant[i]]
+        step = float(spacing_mm[j]) if len(set(dominant)) == 3 else float(min(spacing_mm))
+        result[j] = max(int(round(extent / step)), 1)
+    return result[0], result[1], result[2]
+
+
 def onto_grid(image: sitk.Image, reference: sitk.Image, *, label: bool) -> sitk.Image:
     """Resample ``image`` onto ``reference``'s grid through physical space.
 

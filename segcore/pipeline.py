@@ -8,11 +8,12 @@ of exactly what the service returns; its first stage is :func:`segcore.preproces
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import SimpleITK as sitk
 
+from segcore.card import ModelCard
 from segcore.geometry import onto_grid
 from segcore.preprocess import PreprocessSpec, preprocess
 from segcore.runner import Runner
@@ -25,6 +26,25 @@ class Segmentation:
 
     mask: sitk.Image
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def peak_bytes(input_voxels: Sequence[int], model_voxels: int, card: ModelCard) -> int:
+    """An upper estimate of the bytes one :func:`segment` call and its answer allocate, from sizes alone.
+
+    ``input_voxels``: voxels of each modality's input grid (the first is the reference the mask is
+    mapped back onto); ``model_voxels``: voxels of the model grid after reorientation and resampling
+    (:func:`segcore.geometry.model_grid_size`). Counted per voxel: the inputs as float32 plus one
+    transient copy while they are read (8 bytes); on the model grid, per channel the resampled image,
+    its array, the stacked and the normalized copies (12 bytes), the reference grid and the
+    normalization's temporaries (24 bytes), per output channel the probabilities and the 3D
+    accumulator or the softmax arg-max (8 bytes); on the reference input grid the uint8 mask and the
+    output writers' per-label frames (labels + 3 bytes).
+    """
+    channels, outputs = len(card.modalities), card.output_channels
+    on_inputs = 8 * sum(int(v) for v in input_voxels)
+    on_model_grid = int(model_voxels) * (12 * channels + 8 * outputs + 24)
+    on_output = int(input_voxels[0]) * (len(card.labels) + 3) if input_voxels else 0
+    return on_inputs + on_model_grid + on_output
 
 
 def segment(images: Mapping[str, sitk.Image], runner: Runner, *, mirror: bool | None = None) -> Segmentation:

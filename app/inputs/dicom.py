@@ -1,9 +1,11 @@
 """Building one 3D image from a DICOM series, refusing what is not one.
 
-pydicom reads headers (no pixels) to check what a technologist would check first: one series, MR, a
-plain stack of single-frame slices with one position each and even spacing. SimpleITK (GDCM) then reads
-the slices in the order sorted along the slice normal, so origin, spacing and direction are exactly what
-its series reader gives. The headers are kept, in the same order, for writing a DICOM SEG that
+Two steps, so that memory is planned before it is spent. :func:`inspect_series` reads headers only
+(pydicom, pixel data deferred) and checks what a technologist would check first: one series, MR, a plain
+stack of single-frame slices with one position each, even spacing, no shear, orthonormal orientation,
+and pixel data as long as Rows x Columns say. :meth:`InspectedSeries.load` then reads the voxels with
+SimpleITK (GDCM) in the order sorted along the slice normal, so origin, spacing and direction are exactly
+what its series reader gives. The headers are kept, in the same order, for writing a DICOM SEG that
 references them. Nothing patient-identifying is logged or put in an error message.
 """
 
@@ -20,9 +22,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from app.errors import ApiError
+from app.inputs.geometry import HeaderGrid, header_int, repeated_positions, slice_geometry, stack_order
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index, not an image
-_SPACING_TOLERANCE = 0.1  # relative deviation of slice gaps tolerated before calling slices missing
+_UNDEFINED_LENGTH = 0xFFFFFFFF  # encapsulated (compressed) pixel data
+_DEFER_BYTES = 4096  # values larger than this (pixel data) are not read with the header
 
 
 @dataclass
@@ -37,39 +41,82 @@ def _describe(ds: Dataset) -> str:
     return f'series {number} "{ds.get("SeriesDescription", "no description")}"'
 
 
-def _geometry(ds: Dataset, name: str, label: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
-        position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
-        _ = ds.PixelSpacing, ds.Rows, ds.Columns
-    except (AttributeError, ValueError, TypeError):
+def _is_directory(ds: Dataset) -> bool:
+    """A DICOMDIR (a CD/DVD export's index) declares itself in its file meta, not its dataset."""
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    return MEDIA_STORAGE_DIRECTORY in (sop_class, str(ds.get("SOPClassUID", ""))) or "DirectoryRecordSequence" in ds
+
+
+def _pixel_data_check(ds: Dataset, path: Path, name: str, label: str) -> None:
+    """Refuse (before decoding) pixel data shorter than Rows x Columns x samples x bytes declare, or
+    than the file holds: a decoder would pad the difference with zeros."""
+    element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+    if element is None:
+        raise ApiError(400, "corrupt_file", f'"{name}" in {label} has no pixel data')
+    samples = header_int(ds, "SamplesPerPixel", 1, label)
+    bits = header_int(ds, "BitsAllocated", 16, label)
+    if samples != 1 or bits not in (8, 16, 32):
         raise ApiError(
-            422, "missing_geometry", f'"{name}" in {label} lacks image position, orientation or pixel spacing'
-        ) from None
-    if orientation.shape != (6,) or position.shape != (3,):
-        raise ApiError(422, "missing_geometry", f'"{name}" in {label} has malformed position/orientation')
-    return orientation, position
+            422,
+            "wrong_pixel_type",
+            f"{label} has {samples} samples of {bits} bits per pixel; grey-level MR is required",
+        )
+    length = getattr(element, "length", None)
+    offset = getattr(element, "value_tell", None)
+    if length is None or length == _UNDEFINED_LENGTH:
+        return  # compressed: the decoder checks the frame; its size is within the planned budget
+    expected = header_int(ds, "Rows", 0, label) * header_int(ds, "Columns", 0, label) * bits // 8
+    if length < expected:
+        raise ApiError(
+            400,
+            "corrupt_file",
+            f'"{name}" in {label} holds {length} bytes of pixel data where its Rows x Columns declare {expected}',
+        )
+    if offset is not None and offset + length > path.stat().st_size:
+        raise ApiError(400, "corrupt_file", f'"{name}" in {label} is truncated: its pixel data ends early')
 
 
 def read_headers(files: list[tuple[str, Path]], label: str) -> list[tuple[str, Path, Dataset]]:
-    """Parse every file's header; refuse files that are not DICOM. DICOMDIR indexes are skipped."""
+    """Parse every file's header (pixel data deferred, then checked and dropped); refuse files that are
+    not DICOM. DICOMDIR indexes are skipped; an instance sent twice (same SOP Instance UID) counts once."""
     headers = []
+    seen: set[str] = set()
     for name, path in files:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
-            detail = str(exc).split("\n")[0][:120]
+            ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+        except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, AttributeError) as exc:
+            detail = type(exc).__name__  # messages may quote header values
             raise ApiError(422, "not_dicom", f'"{name}" in {label} is not a DICOM file ({detail})') from None
-        if ds.get("SOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+        if _is_directory(ds):
             continue
+        uid = str(ds.get("SOPInstanceUID", "") or "")
+        if uid and uid in seen:
+            continue
+        seen.add(uid)
+        _pixel_data_check(ds, path, name, label)
+        del ds["PixelData"]  # kept headers must not pin pixel buffers (nor re-read them)
         headers.append((name, path, ds))
     if not headers:
         raise ApiError(422, "not_dicom", f"{label} holds no DICOM images")
     return headers
 
 
-def _check_one_mr_series(headers: list[tuple[str, Path, Dataset]], label: str) -> None:
-    """One series, MR, classic single-frame images: what a technologist checks first."""
+@dataclass
+class InspectedSeries:
+    """A series whose headers passed every check: files and headers in slice order, and its grid."""
+
+    paths: list[Path]
+    datasets: list[Dataset]
+    grid: HeaderGrid
+    description: str
+    label: str
+
+    def load(self) -> DicomSeries:
+        return _read_voxels(self)
+
+
+def _one_mr_series(headers: list[tuple[str, Path, Dataset]], label: str) -> None:
     by_series: dict[str, list[tuple[str, Path, Dataset]]] = defaultdict(list)
     for entry in headers:
         by_series[str(entry[2].get("SeriesInstanceUID", "missing"))].append(entry)
@@ -83,75 +130,46 @@ def _check_one_mr_series(headers: list[tuple[str, Path, Dataset]], label: str) -
         raise ApiError(
             422, "not_mr", f"{label} is {'/'.join(sorted(modalities))}, not MR; this service segments brain MRI"
         )
-    if any(int(e[2].get("NumberOfFrames", 1) or 1) > 1 for e in headers):
+
+
+def inspect_series(files: list[tuple[str, Path]], label: str, max_voxels: int) -> InspectedSeries:
+    """Validate one DICOM series given as ``(client name, path)`` pairs, from headers only."""
+    headers = read_headers(files, label)
+    _one_mr_series(headers, label)
+    if any(header_int(ds, "NumberOfFrames", 1, label) > 1 for _, _, ds in headers):
         raise ApiError(
             422, "multiframe_unsupported", f"{label} is an enhanced (multi-frame) object; send classic MR images"
         )
-
-
-def _slice_order(headers: list[tuple[str, Path, Dataset]], label: str) -> np.ndarray:
-    """Indices of ``headers`` sorted along the slice normal, after checking that the slices form one regular
-    3D stack: one orientation, one position per slice (not 4D), at least two slices, even gaps."""
-    temporal = int(headers[0][2].get("NumberOfTemporalPositions", 1) or 1)
-    geometry = [_geometry(ds, name, label) for name, _, ds in headers]
-    orientations = np.array([g[0] for g in geometry])
-    if not np.allclose(orientations, orientations[0], atol=1e-3):
-        raise ApiError(422, "inconsistent_orientation", f"the slices of {label} have different orientations")
-    normal = np.cross(orientations[0][:3], orientations[0][3:])
-    distances = np.array([float(np.dot(g[1], normal)) for g in geometry])
-    rounded = np.round(distances, 3)
-    if temporal > 1 or len(np.unique(rounded)) < len(rounded):
-        raise ApiError(
-            422,
-            "multi_temporal",
-            f"{label} repeats slice positions ({len(rounded)} images at {len(np.unique(rounded))} positions"
-            + (f", {temporal} time points" if temporal > 1 else "")
-            + "): it is a 4D/multi-temporal series; send a single 3D volume",
-        )
+    temporal = header_int(headers[0][2], "NumberOfTemporalPositions", 1, label)
+    geometries = [slice_geometry(ds, name, label) for name, _, ds in headers]
+    repeated_positions(geometries, temporal, label)
     if len(headers) < 2:
         raise ApiError(422, "single_slice", f"{label} has a single slice; a 3D volume is required")
-    order = np.argsort(distances)
-    gaps = np.diff(distances[order])
-    median = float(np.median(gaps))
-    if median <= 0 or np.max(np.abs(gaps - median)) > _SPACING_TOLERANCE * median:
-        raise ApiError(
-            422,
-            "missing_slices",
-            f"{label} has uneven slice spacing (gaps {gaps.min():.2f}-{gaps.max():.2f} mm, typically {median:.2f} mm):"
-            " slices are missing or the series is not a regular stack",
-        )
-    return order
+    order, grid = stack_order(geometries, label)
+    if grid.voxels > max_voxels:
+        raise ApiError(422, "image_too_large", f"{label} has {grid.voxels} voxels; the limit is {max_voxels}")
+    ordered = [headers[i] for i in order]
+    return InspectedSeries(
+        paths=[path for _, path, _ in ordered],
+        datasets=[ds for _, _, ds in ordered],
+        grid=grid,
+        description=_describe(headers[0][2]),
+        label=label,
+    )
 
 
-def _read_pixels(ordered: list[tuple[str, Path, Dataset]], label: str, max_voxels: int) -> sitk.Image:
-    """The voxels of slices already in order, as one float32 3D image (GDCM), after the size checks."""
-    shapes = {(int(e[2].Rows), int(e[2].Columns)) for e in ordered}
-    if len(shapes) != 1:
-        raise ApiError(422, "inconsistent_size", f"the slices of {label} have different sizes: {sorted(shapes)}")
-    rows, cols = shapes.pop()
-    voxels = rows * cols * len(ordered)
-    if voxels > max_voxels:
-        raise ApiError(422, "image_too_large", f"{label} has {voxels} voxels; the limit is {max_voxels}")
+def _read_voxels(series: InspectedSeries) -> DicomSeries:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(path) for _, path, _ in ordered])
+    reader.SetFileNames([str(path) for path in series.paths])
     reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         image = reader.Execute()
     except RuntimeError:
         raise ApiError(
-            400, "corrupt_file", f"the pixel data of {label} cannot be read (truncated or corrupt)"
+            400, "corrupt_file", f"the pixel data of {series.label} cannot be read (truncated or corrupt)"
         ) from None
-    if image.GetDimension() != 3 or image.GetSize()[2] != len(ordered):
-        raise ApiError(422, "wrong_dimensions", f"{label} did not read as one 3D volume")
+    if image.GetDimension() != 3 or image.GetSize() != series.grid.size:
+        raise ApiError(422, "wrong_dimensions", f"{series.label} did not read as one 3D volume")
     if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
-        raise ApiError(422, "non_finite_values", f"{label} contains NaN or infinite values")
-    return image
-
-
-def read_series(files: list[tuple[str, Path]], label: str, max_voxels: int) -> DicomSeries:
-    """Validate and read one DICOM series given as ``(client name, path)`` pairs."""
-    headers = read_headers(files, label)
-    _check_one_mr_series(headers, label)
-    ordered = [headers[i] for i in _slice_order(headers, label)]
-    image = _read_pixels(ordered, label, max_voxels)
-    return DicomSeries(image=image, datasets=[ds for _, _, ds in ordered], description=_describe(headers[0][2]))
+        raise ApiError(422, "non_finite_values", f"{series.label} contains NaN or infinite values")
+    return DicomSeries(image=image, datasets=series.datasets, description=series.description)

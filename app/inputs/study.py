@@ -1,10 +1,12 @@
-"""Study assembly: uploaded files grouped by modality field, each read as one validated 3D image (a NIfTI
-file, a DICOM series, or a zip of one), and the modalities checked to be one study.
+"""Study assembly: uploaded files grouped by modality field, each checked from its headers, the memory the
+request will need planned against the budget, then each read as one validated 3D image (a NIfTI file, a
+DICOM series, or a zip of one), and the modalities checked to be one study.
 
-Every check that can be made from a header is made before voxels are read, so an absurd header cannot
-make the service allocate gigabytes. Errors are :class:`~app.errors.ApiError` with a sentence a
-technologist understands; the status follows DESIGN §3 (415 unsupported file, 400 corrupt file,
-422 readable but unusable).
+Two steps, so that nothing is allocated for a request that will be refused: :func:`inspect_study` reads
+headers only (an absurd header costs nothing), :meth:`InspectedStudy.load` reads voxels. Errors are
+:class:`~app.errors.ApiError` with a sentence a technologist understands; the status follows DESIGN §3
+(413 too large, 415 unsupported file, 400 corrupt file, 422 readable but unusable). Identifiers compared
+across modalities (PatientID, StudyInstanceUID) are never put in a message or a log line.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
 import SimpleITK as sitk
 
 from app.errors import ApiError
 from app.inputs.archives import ArchiveLimits, extract_zip
-from app.inputs.dicom import DicomSeries, read_series
-from app.inputs.nifti import read_nifti
+from app.inputs.dicom import DicomSeries, InspectedSeries, inspect_series
+from app.inputs.geometry import HeaderGrid
+from app.inputs.nifti import InspectedNifti, inspect_nifti
 from app.inputs.sniff import sniff
 from app.inputs.uploads import UploadedFile
 from segcore.card import MODALITY_ALIASES, MODALITY_NAMES, ModelCard, canonical_modality
-from segcore.geometry import physical_overlap, same_grid
+from segcore.geometry import model_grid_size, onto_grid
+from segcore.normalization import brain_mask
+from segcore.pipeline import peak_bytes
 
 
 @dataclass
@@ -35,16 +41,21 @@ class Study:
 @dataclass(frozen=True)
 class StudyLimits:
     max_voxels: int = 512 * 512 * 512
+    memory_budget_bytes: int = 2 << 30
+    min_overlap: float = 0.5  # fraction of the reference brain another modality must cover
     archive: ArchiveLimits = ArchiveLimits()
 
 
-def _read_modality(modality: str, uploads: list[UploadedFile], limits: StudyLimits) -> sitk.Image | DicomSeries:
+Inspected = InspectedNifti | InspectedSeries
+
+
+def _inspect_modality(modality: str, uploads: list[UploadedFile], limits: StudyLimits) -> Inspected:
     kinds = [sniff(u) for u in uploads]
     label = f'"{modality}"'
     if set(kinds) <= {"nifti", "nifti-gz"}:
         if len(uploads) != 1:
             raise ApiError(422, "too_many_files", f"{label} has {len(uploads)} NIfTI files; send one volume")
-        return read_nifti(uploads[0], kinds[0], limits.max_voxels)
+        return inspect_nifti(uploads[0], kinds[0], limits.max_voxels)
     if kinds == ["zip"]:
         upload = uploads[0]
         extracted = extract_zip(
@@ -53,9 +64,10 @@ def _read_modality(modality: str, uploads: list[UploadedFile], limits: StudyLimi
             f'the zip "{upload.filename}" for {label}',
             limits.archive,
         )
-        return read_series(extracted, f'the DICOM series in "{upload.filename}" ({modality})', limits.max_voxels)
+        return inspect_series(extracted, f'the DICOM series in "{upload.filename}" ({modality})', limits.max_voxels)
     if set(kinds) == {"dicom"}:
-        return read_series([(u.filename, u.path) for u in uploads], f"the DICOM series for {label}", limits.max_voxels)
+        files = [(u.filename, u.path) for u in uploads]
+        return inspect_series(files, f"the DICOM series for {label}", limits.max_voxels)
     raise ApiError(
         422,
         "mixed_inputs",
@@ -63,12 +75,76 @@ def _read_modality(modality: str, uploads: list[UploadedFile], limits: StudyLimi
     )
 
 
-def read_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) -> Study:
-    """Group uploads by modality field, read each, and check the card's modalities are all there.
+def _check_memory(grids: dict[str, HeaderGrid], card: ModelCard, limits: StudyLimits) -> None:
+    """Refuse, from headers, a request whose pipeline would allocate more than the budget or whose model
+    grid (after resampling to the card's spacing) is beyond the voxel limit."""
+    first = grids[card.modalities[0]]
+    model = model_grid_size(first.size, first.spacing, first.direction, card.orientation, card.spacing_mm)
+    model_voxels = int(np.prod(model, dtype=np.int64))
+    needed = peak_bytes([grids[m].voxels for m in card.modalities], model_voxels, card)
+    if needed > limits.memory_budget_bytes:
+        raise ApiError(
+            413,
+            "over_memory_budget",
+            f"this study needs about {needed / 2**20:.0f} MB to segment ({'x'.join(map(str, first.size))} voxels of "
+            f"{'x'.join(f'{s:.3g}' for s in first.spacing)} mm, {'x'.join(map(str, model))} on the model's "
+            f"{'x'.join(f'{s:g}' for s in card.spacing_mm)} mm grid); the limit is "
+            f"{limits.memory_budget_bytes / 2**20:.0f} MB per request (SEG_MEMORY_BUDGET_MB)",
+        )
+    if model_voxels > limits.max_voxels:
+        raise ApiError(
+            422,
+            "image_too_large",
+            f"resampled to the model's grid this study has {model_voxels} voxels; the limit is {limits.max_voxels}",
+        )
 
-    Images of further modalities must overlap the first one physically; the pipeline resamples them
-    onto the first one's grid.
-    """
+
+def _check_same_patient(inspected: dict[str, Inspected], card: ModelCard) -> None:
+    """DICOM modalities must come from one patient and one study. Compared, never quoted."""
+    series = {m: i for m, i in inspected.items() if isinstance(i, InspectedSeries)}
+    for keyword, code, what in (
+        ("PatientID", "different_patients", "patients"),
+        ("StudyInstanceUID", "different_studies", "studies"),
+    ):
+        values = {m: str(s.datasets[0].get(keyword, "") or "").strip() for m, s in series.items()}
+        present = {m: v for m, v in values.items() if v}
+        if len(set(present.values())) > 1:
+            raise ApiError(
+                422,
+                code,
+                f"the DICOM series for {', '.join(sorted(present))} come from different {what} ({keyword} differs); "
+                "send the modalities of one study",
+            )
+
+
+@dataclass
+class InspectedStudy:
+    """Every modality checked from its headers and the memory planned; :meth:`load` reads the voxels."""
+
+    card: ModelCard
+    modalities: dict[str, Inspected]
+    limits: StudyLimits
+
+    def datasets(self, modality: str):
+        item = self.modalities[modality]
+        return item.datasets if isinstance(item, InspectedSeries) else None
+
+    def load(self) -> Study:
+        study = Study(images={})
+        for modality in self.card.modalities:
+            item = self.modalities[modality]
+            if isinstance(item, InspectedSeries):
+                series = item.load()
+                study.dicom[modality], study.images[modality] = series, series.image
+            else:
+                study.images[modality] = item.load()
+        _check_overlap(study, self.card, self.limits.min_overlap)
+        return study
+
+
+def inspect_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) -> InspectedStudy:
+    """Group uploads by modality field, check each from its headers, check the card's modalities are
+    all there and from one patient and study, and plan the memory the request needs."""
     by_field: dict[str, list[UploadedFile]] = defaultdict(list)
     for upload in files:
         modality = canonical_modality(upload.field)
@@ -83,21 +159,40 @@ def read_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) 
             "missing_modality",
             f"model {card.name} v{card.version} needs {', '.join(card.modalities)}; missing: {', '.join(missing)}",
         )
-    study = Study(images={})
-    for modality in card.modalities:
-        result = _read_modality(modality, by_field[modality], limits)
-        if isinstance(result, DicomSeries):
-            study.dicom[modality] = result
-            study.images[modality] = result.image
-        else:
-            study.images[modality] = result
-    first = study.images[card.modalities[0]]
+    inspected = {m: _inspect_modality(m, by_field[m], limits) for m in card.modalities}
+    _check_same_patient(inspected, card)
+    _check_memory({m: i.grid for m, i in inspected.items()}, card, limits)
+    return InspectedStudy(card, inspected, limits)
+
+
+def brain_overlap(reference: sitk.Image, other: sitk.Image) -> float:
+    """Fraction of the reference's brain (voxels that differ from its background) on which ``other`` has
+    brain too, through physical space (``other``'s brain mask resampled onto the reference grid)."""
+    ref_brain = brain_mask(sitk.GetArrayViewFromImage(reference))
+    total = int(ref_brain.sum())
+    if total == 0:
+        return 0.0
+    other_brain = sitk.GetImageFromArray(brain_mask(sitk.GetArrayViewFromImage(other)).astype(np.uint8))
+    other_brain.CopyInformation(other)
+    on_reference = sitk.GetArrayViewFromImage(onto_grid(other_brain, reference, label=True))
+    return float(np.count_nonzero(ref_brain & (on_reference > 0))) / total
+
+
+def _check_overlap(study: Study, card: ModelCard, min_overlap: float) -> None:
+    """Further modalities are resampled onto the first one's grid: they must cover most of its brain,
+    or the model sees one modality over empty space (a different patient, a slab, a wrong header)."""
+    reference_name = card.modalities[0]
     for modality in card.modalities[1:]:
-        other = study.images[modality]
-        if not same_grid(first, other) and not physical_overlap(first, other):
+        fraction = brain_overlap(study.images[reference_name], study.images[modality])
+        if fraction < min_overlap:
             raise ApiError(
                 422,
                 "modalities_do_not_overlap",
-                f'"{modality}" does not overlap "{card.modalities[0]}" in space; they are not the same study',
+                f'"{modality}" covers {fraction:.0%} of the brain in "{reference_name}" (at least {min_overlap:.0%} '
+                "is required): they are not the same study, or one is not registered to the other",
             )
-    return study
+
+
+def read_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) -> Study:
+    """:func:`inspect_study` then :meth:`InspectedStudy.load`, for callers with no slot to wait for."""
+    return inspect_study(files, card, limits).load()

@@ -7,6 +7,7 @@ request's private temporary directory, and the request is refused with 413 the m
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from app.errors import ApiError
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_PARTS = 2048
+MAX_BOUNDARY = 70  # RFC 2046; python-multipart fails on much longer ones with an internal error
 
 
 @dataclass
@@ -92,13 +94,53 @@ def _content_boundary(content_type: str | None) -> bytes:
         raise ApiError(
             415, "unsupported_media_type", f"send the study as multipart/form-data, not {kind.decode(errors='replace')}"
         )
-    return params[b"boundary"]
+    boundary = params[b"boundary"]
+    if not 1 <= len(boundary) <= MAX_BOUNDARY:
+        raise ApiError(
+            400, "malformed_multipart", f"the multipart boundary must be 1 to {MAX_BOUNDARY} characters (RFC 2046)"
+        )
+    return boundary
+
+
+async def _chunks(stream: AsyncIterator[bytes], idle_timeout: float) -> AsyncIterator[bytes]:
+    """The body's chunks; 408 when the client sends nothing for ``idle_timeout`` seconds (a stalled
+    upload, or a Content-Length longer than the body actually sent)."""
+    iterator = stream.__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(
+                408,
+                "upload_timeout",
+                f"the upload stalled: nothing arrived for {idle_timeout:g} s (SEG_BODY_TIMEOUT_SECONDS)",
+                headers={"Connection": "close"},
+            ) from None
+        yield chunk
+
+
+def _parse(step, *args) -> None:
+    try:
+        step(*args)
+    except ApiError:
+        raise
+    except Exception as exc:  # python-multipart raises its own errors for malformed bodies
+        raise ApiError(400, "malformed_multipart", f"the multipart body could not be parsed: {exc}") from None
 
 
 async def receive_files(
-    stream: AsyncIterator[bytes], content_type: str | None, content_length: str | None, directory: Path, limit: int
+    stream: AsyncIterator[bytes],
+    content_type: str | None,
+    content_length: str | None,
+    directory: Path,
+    limit: int,
+    idle_timeout: float = 30.0,
 ) -> list[UploadedFile]:
-    """Parse a multipart body into files under ``directory``; refuse bodies over ``limit`` bytes."""
+    """Parse a multipart body into files under ``directory``; refuse bodies over ``limit`` bytes and
+    bodies that stall for ``idle_timeout`` seconds."""
     boundary = _content_boundary(content_type)
     too_large = ApiError(
         413, "upload_too_large", f"the upload exceeds the limit of {limit / 2**20:.0f} MB (SEG_MAX_UPLOAD_MB)"
@@ -109,17 +151,12 @@ async def receive_files(
     parser = MultipartParser(boundary, state.callbacks())
     received = 0
     try:
-        async for chunk in stream:
+        async for chunk in _chunks(stream, idle_timeout):
             received += len(chunk)
             if received > limit:
                 raise too_large
-            try:
-                parser.write(chunk)
-            except ApiError:
-                raise
-            except Exception as exc:  # python-multipart raises its own errors for malformed bodies
-                raise ApiError(400, "malformed_multipart", f"the multipart body could not be parsed: {exc}") from None
-        parser.finalize()
+            _parse(parser.write, chunk)
+        _parse(parser.finalize)
     finally:
         if state.handle is not None:
             state.handle.close()

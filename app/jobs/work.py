@@ -49,7 +49,7 @@ async def _segment(
     out = ctx.folder / "result"
     out.mkdir(exist_ok=True)
     asked = [FORMATS[name] for name in formats]
-    answer = await service.segment(model, files, out, asked, progress=ctx.enter, wait=True)
+    answer = await service.segment(model, files, out, asked, progress=ctx.enter)
     seg_path = None
     for name, payload in answer.payloads.items():
         if isinstance(payload, Path):

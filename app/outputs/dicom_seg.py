@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from app.errors import ApiError
 from segcore.card import ModelCard
+
+log = logging.getLogger("app.outputs.dicom_seg")
 
 
 # Segment codes (SNOMED CT via pydicom's code dictionary) by label name; anything else is a neoplasm.
@@ -32,16 +36,26 @@ def write_dicom_seg(
     ``mask`` must be on the series' own grid (it is: the pipeline maps masks back onto the input), and
     its z index order is the order of ``datasets`` (the series' headers, as
     :class:`app.inputs.dicom.DicomSeries` keeps them). Label values are mapped to segment numbers
-    1..n in ascending order. Patient and study attributes are copied from the source by highdicom.
+    1..n in ascending order. Patient and study attributes are copied from the source by highdicom
+    (after :func:`prepare_sources` made them copyable).
     """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
     array = sitk.GetArrayFromImage(mask)
     values = sorted(card.labels)
     segments = np.zeros_like(array, dtype=np.uint8)
     for number, value in enumerate(values, start=1):
         segments[array == value] = number
+    seg = _segmentation(datasets, segments, card, software_version)
+    path = directory / "mask.seg.dcm"
+    seg.save_as(path)
+    return path
+
+
+def _segmentation(datasets: list[Dataset], segments: np.ndarray, card: ModelCard, software_version: str):
+    """The highdicom object for ``segments`` (uint8 ``[frames, rows, columns]``, segment numbers)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    values = sorted(card.labels)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=card.name, version=str(card.version), family=codes.DCM.ArtificialIntelligence
     )
@@ -59,7 +73,7 @@ def write_dicom_seg(
                 anatomic_regions=[codes.SCT.Brain],
             )
         )
-    seg = hd.seg.Segmentation(
+    return hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=segments if len(values) > 1 else (segments > 0).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -75,6 +89,66 @@ def write_dicom_seg(
         series_description=f"{card.name} v{card.version} tumour segmentation"[:64],
         omit_empty_frames=False,
     )
-    path = directory / "mask.seg.dcm"
-    seg.save_as(path)
-    return path
+
+
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+"""Type 1 attributes a SEG copies or references: without them no valid SEG exists."""
+TYPE_2 = {
+    "PatientName": "PN",
+    "PatientID": "LO",
+    "PatientBirthDate": "DA",
+    "PatientSex": "CS",
+    "StudyID": "SH",
+    "AccessionNumber": "SH",
+    "StudyDate": "DA",
+    "StudyTime": "TM",
+    "ReferringPhysicianName": "PN",
+}
+"""Type 2 attributes the SEG copies from the source: present but possibly empty. A missing one or a
+malformed date/time (common in exports) is written empty rather than refused."""
+
+
+def _parses(value: object, vr: str) -> bool:
+    from pydicom.valuerep import DA, DT, TM
+
+    if vr not in ("DA", "TM", "DT") or value in (None, ""):
+        return True
+    try:
+        {"DA": DA, "TM": TM, "DT": DT}[vr](str(value))
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
+
+
+def prepare_sources(datasets: list[Dataset] | None, card: ModelCard) -> None:
+    """Make sure a SEG can be written for ``datasets`` *before* the model runs: refuse (422) a series
+    lacking a type 1 attribute, blank missing or malformed type 2 ones (in place), then build a
+    one-frame SEG as a dry run. Messages name attributes, never values."""
+    if not datasets:
+        return
+    missing = sorted({k for ds in datasets for k in REQUIRED if not str(ds.get(k, "") or "").strip()})
+    if missing:
+        raise ApiError(
+            422,
+            "dicom_seg_prerequisites",
+            f"format=dicom-seg needs {', '.join(missing)} in every image of the series; it is missing. "
+            "Ask for format=nifti or json instead",
+        )
+    repaired: set[str] = set()
+    for ds in datasets:
+        for keyword, vr in TYPE_2.items():
+            if keyword not in ds or not _parses(ds.get(keyword), vr):
+                setattr(ds, keyword, "")
+                repaired.add(keyword)
+    if repaired:
+        log.info("dicom_seg_sources_repaired blanked=%s", ",".join(sorted(repaired)))
+    rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
+    try:
+        _segmentation(datasets[:1], np.zeros((1, rows, columns), dtype=np.uint8), card, "dry-run")
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ApiError(
+            422,
+            "dicom_seg_prerequisites",
+            f"the series' headers cannot make a DICOM SEG (highdicom: {type(exc).__name__}); "
+            "ask for format=nifti or json instead",
+        ) from None

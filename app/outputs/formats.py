@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from app.outputs.dicom_seg import write_dicom_seg
+from app.outputs.dicom_seg import prepare_sources, write_dicom_seg
 from app.outputs.nifti import write_nifti
 from app.outputs.preview import overlay_png
 from app.outputs.summary import summary
@@ -50,6 +50,9 @@ class OutputFormat:
     filename: str | None = None  # set: the writer returns a file, sent as a download under this name
     needs_dicom: bool = False  # the output references the source DICOM series of the first modality
     reports_timings: bool = False  # written after the "write" time is known, because it reports it
+    # Run on the first modality's DICOM headers (or None) before the model: refuse or repair what the
+    # writer would fail on, so a request never waits for inference to learn it cannot be answered.
+    precheck: Callable[[list[Dataset] | None, ModelCard], None] | None = None
 
 
 FORMATS: dict[str, OutputFormat] = {
@@ -82,6 +85,7 @@ FORMATS: dict[str, OutputFormat] = {
             lambda r: write_dicom_seg(r.mask, r.datasets or [], r.card, r.directory, r.software_version),
             filename="mask.seg.dcm",
             needs_dicom=True,
+            precheck=prepare_sources,
         ),
     )
 }

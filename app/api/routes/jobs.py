@@ -68,6 +68,7 @@ async def submit_job(
             request.headers.get("content-length"),
             staging,
             settings.max_upload_bytes,
+            settings.body_timeout_seconds,
         )
     except BaseException:
         jobs.store.delete(job.id)

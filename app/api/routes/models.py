@@ -3,16 +3,19 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter
+from pydantic import TypeAdapter, ValidationError
 
 from app.api.deps import RegistryDep
 from app.api.schemas import ErrorBody, ModelDescription, ModelList
 from app.errors import ApiError
-from app.registry import UnknownModel
+from app.registry import ModelRegistry, UnknownModel
+from segcore.card import ModelName
 
 router = APIRouter(prefix="/models", tags=["models"])
 # Fields that do not apply (a version's error unless it failed, load times until it is loaded) are left out.
 _DESCRIBED = {"response_model": ModelDescription, "response_model_exclude_unset": True}
 _UNKNOWN = {404: {"model": ErrorBody, "description": "no such model"}}
+_MODEL_NAME = TypeAdapter(ModelName)  # the card's own name rule: never "..", a hidden or a path-like name
 
 
 @router.get("", response_model=ModelList, response_model_exclude_unset=True)
@@ -20,10 +23,23 @@ async def list_models(registry: RegistryDep) -> dict:
     return {"models": [registry.describe(name) for name in registry.names()]}
 
 
+def _real_name(name: str, registry: ModelRegistry) -> str:
+    """``name`` if it can be a model: valid as a card's name (so never ``..``, a hidden or a path-like
+    name), and known to the registry or a directory directly under the models directory."""
+    try:
+        _MODEL_NAME.validate_python(name)
+    except ValidationError:
+        raise ApiError(404, "unknown_model", "model names are lower-case letters, digits, '.', '_' and '-'") from None
+    if name not in registry.names() and not (registry.models_dir / name).is_dir():
+        raise ApiError(404, "unknown_model", f'no model named "{name}"')
+    return name
+
+
 @router.get("/{name}", **_DESCRIBED, responses=_UNKNOWN)
 async def get_model(name: str, registry: RegistryDep) -> dict:
     """Served version, version policy, the served card, and every version with its state: ``serving``,
     ``loaded`` (request it with ``version=N``), ``unloading``, ``failed`` (with the error) or ``available``."""
+    name = _real_name(name, registry)
     try:
         return registry.describe(name)
     except UnknownModel:
@@ -34,7 +50,6 @@ async def get_model(name: str, registry: RegistryDep) -> dict:
 async def reload_model(name: str, registry: RegistryDep) -> dict:
     """Rescan ``models_dir/<name>`` now and apply the version policy (what the poller does every
     ``SEG_POLL_SECONDS``); answers with the model's state afterwards."""
-    if not (registry.models_dir / name).is_dir():
-        raise ApiError(404, "unknown_model", f'no model directory "{name}" under the models directory')
+    name = _real_name(name, registry)
     await asyncio.to_thread(registry.refresh, name)
     return registry.describe(name)

@@ -1,19 +1,23 @@
 from __future__ import annotations
 
+import asyncio
 import shutil
-import tempfile
-from pathlib import Path
+from collections.abc import Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 
+from app.api.boundary import ClientGone
 from app.api.deps import ServiceDep, SettingsDep
 from app.api.schemas import ErrorBody, SegmentationSummary
 from app.errors import ApiError
 from app.inputs.sniff import UPLOAD_KINDS
+from app.inputs.staging import new_staging_dir
 from app.inputs.uploads import receive_files
 from app.outputs.formats import FORMATS
+from app.service import Answer, Ticket
 from segcore.card import MODALITY_ALIASES, MODALITY_NAMES
 
 router = APIRouter(tags=["segment"])
@@ -44,8 +48,34 @@ _ANSWERS = {
         "description": "the mask (nifti, dicom-seg), the summary (json) or a preview (png)",
         "content": {f.media_type: {} for f in FORMATS.values() if f.media_type != "application/json"},
     },
-    **{status: {"model": ErrorBody} for status in (400, 404, 413, 415, 422, 503)},
+    **{status: {"model": ErrorBody} for status in (400, 404, 408, 413, 415, 422, 431, 500, 503)},
 }
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: the next ASGI message is the
+    disconnect, whenever it comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, ticket: Ticket, work: Coroutine[Any, Any, Answer]) -> Answer:
+    """Run ``work``; if the client disconnects while it waits for a slot, cancel it (nothing has been
+    read into memory yet). Once it runs in a worker thread it cannot be stopped: it finishes, its
+    answer is dropped, and its staging is removed as usual."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        phase = ticket.state
+        if phase == "queued":
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone(phase)
+    finally:
+        gone.cancel()
 
 
 @router.post("/segment", responses=_ANSWERS, openapi_extra={"requestBody": _BODY})
@@ -61,24 +91,29 @@ async def segment_study(
     model: str | None = Query(None, description="model name (default: SEG_DEFAULT_MODEL)"),
     version: int | None = Query(None, ge=1, description="model version (default: the served one)"),
 ):
-    """Segment one study: multipart form, one file field per modality named as in the model card."""
+    """Segment one study: multipart form, one file field per modality named as in the model card.
+
+    Admitted (or answered 503 at once) before a byte of the upload is read."""
     fmt = FORMATS.get(format)
     if fmt is None:
         raise ApiError(400, "unknown_format", f'format "{format}" is not one of: {", ".join(FORMATS)}')
     loaded = service.resolve(model or settings.default_model, version)
-    work = tempfile.mkdtemp(prefix="seg-", dir=settings.tmp_dir)
-    try:
-        files = await receive_files(
-            request.stream(),
-            request.headers.get("content-type"),
-            request.headers.get("content-length"),
-            Path(work),
-            settings.max_upload_bytes,
-        )
-        answer = await service.segment(loaded, files, Path(work), fmt)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    with service.admission.ticket() as ticket:
+        work = new_staging_dir(settings.tmp_dir)
+        try:
+            files = await receive_files(
+                request.stream(),
+                request.headers.get("content-type"),
+                request.headers.get("content-length"),
+                work,
+                settings.max_upload_bytes,
+                settings.body_timeout_seconds,
+            )
+            ticket.uploaded()
+            answer = await _unless_client_leaves(request, ticket, service.segment(loaded, files, work, fmt, ticket))
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     headers = {
         "X-Model-Name": loaded.name,
         "X-Model-Version": str(loaded.version),
