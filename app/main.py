@@ -91,7 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
     factory = runner_factory(settings)
     registry = ModelRegistry(
-        settings.models_dir, factory, keep_versions=settings.keep_versions, pinned=settings.pinned_versions
+        settings.models_dir,
+        factory,
+        keep_versions=settings.keep_versions,
+        pinned=settings.pinned_versions,
+        tolerance=settings.promotion_tolerance,
     )
     app = FastAPI(
         title="Brain-tumour MRI segmentation", version=__version__, lifespan=_lifespan(settings, registry, factory)
