@@ -13,7 +13,8 @@ set -eu
 config="${TRAIN_CONFIG:?TRAIN_CONFIG must name a training config (TOML)}"
 data=/data
 child=""
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM INT
+# No step running yet (or between steps): stop here, as the default action would.
+trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; else exit 143; fi' TERM INT
 
 run() {
   "$@" &

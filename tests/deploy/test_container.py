@@ -283,10 +283,30 @@ def test_a_worse_retrained_model_is_published_but_not_promoted(stack, tmp_path):
     assert v3["state"] == "serving" and v3["promotion"]["by"] == "operator"
 
 
-def test_the_train_job_needs_its_data_path_explicitly(stack):
+def test_the_train_job_needs_its_data_path_explicitly_and_stops_on_sigterm(stack, tmp_path):
     run = stack.compose("--profile", "train", "run", "--rm", "--no-deps", "train", timeout=120, check=False)
     assert run.returncode != 0
     assert "TRAIN_DATA-is-not-set" in run.stderr, run.stderr[-2000:]
+
+    # Started for real, then `docker stop`: the job's shell forwards SIGTERM to the running step.
+    config_dir = tmp_path / "cfg"
+    config_dir.mkdir()
+    (config_dir / "smoke.toml").write_text(SMOKE_CONFIG)
+    config_dir.chmod(0o755)
+    name = f"{stack.project}-sigterm"
+    stack.compose(
+        "--profile", "train", "run", "--detach", "--no-deps", "--name", name,
+        "--volume", f"{config_dir}:/cfg:ro", "--env", "TRAIN_CONFIG=/cfg/smoke.toml", "train",
+        env={"TRAIN_DATA": str(SHARED_DATA)},
+    )  # fmt: skip
+    time.sleep(8)  # converting or training by now
+    t = time.monotonic()
+    stack.engine.docker("stop", "--time", "60", name, timeout=120)
+    stopped_in = time.monotonic() - t
+    code = stack.engine.docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+    stack.engine.docker("rm", name, check=False)
+    assert code == "143", f"exit code {code} after {stopped_in:.1f} s (137: killed at the timeout)"
+    assert stopped_in < 30
 
 
 def test_the_service_stops_on_sigterm_not_by_kill(stack):
