@@ -8,8 +8,9 @@ docker_engine.py); the service uses the host's loopback only (``network_mode: ho
 installed by ``scripts/install_system_packages.sh``; where they cannot be, or the engine cannot start,
 the tests skip with the reason (and fail under SEG_TEST_STRICT=1, as in CI).
 
-Time on the 2-core machine: about 5 minutes with an empty cache (base image, both images), about 2
-minutes with the cache (/var/cache/brats-serve/docker) from an earlier run.
+Time on the 2-core machine shared at a load average of about 20: 24 minutes with an empty cache
+(debootstrap 13 min, the images 8 min; each about 1 min on a quiet machine), 5.5 minutes with the cache
+(/var/cache/brats-serve/docker) of an earlier run. Run alone: pytest -m container.
 """
 
 from __future__ import annotations
