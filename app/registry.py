@@ -361,12 +361,14 @@ class ModelRegistry:
 
         That version is loaded here when it is not among the newest ones already loaded; if it fails, it
         leaves the chain (the next version is then judged against the one before it) and the gate runs
-        again, at most once per version.
+        again, at most once per version. If its load is deferred (TF Serving has not loaded it yet), the
+        newest promoted version already loaded keeps serving.
         """
         operator = quality_gate.read_operator_promotions(self.models_dir / name).keys() | self._operator.get(
             name, set()
         )
         cards = {v: c for v in versions if (c := self._card(name, v)) is not None}
+        self._cards = {k: c for k, c in self._cards.items() if k[0] != name or k[1] in versions}  # drop removed
         for _ in range(len(versions) + 1):
             verdicts = quality_gate.verdicts(cards, set(operator), self.tolerance, skip=set(failed))
             promoted = [v for v, verdict in verdicts.items() if verdict.promoted]
@@ -377,8 +379,9 @@ class ModelRegistry:
                 self._try_load(name, best, loaded, failed)
             if best in loaded:
                 return verdicts, best
-            if best not in failed:  # deferred (backend not ready): try again on the next refresh
-                return verdicts, None
+            if best not in failed:  # deferred (backend not ready yet): keep the newest promoted one loaded
+                ready = [v for v in promoted if v in loaded]
+                return verdicts, max(ready) if ready else None
         return verdicts, None
 
     @staticmethod

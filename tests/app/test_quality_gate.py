@@ -156,3 +156,33 @@ def test_a_worse_version_is_refused_under_load_then_promoted_by_an_operator(tmp_
     finally:
         stop_server(server)
     assert Path(models / "gate" / "2").is_dir()
+
+
+def test_a_deferred_new_version_leaves_the_served_one_serving(tmp_path):
+    """TF Serving loads a new version on its own schedule: until it has, the gate's newest promoted
+    version is not loadable yet, and the one already served must keep serving (not nothing)."""
+    from app.registry import ModelRegistry
+    from segcore.runner import RetryableLoadError, SavedModelRunner
+
+    class NotYet(RetryableLoadError):
+        pass
+
+    ready = {1}
+
+    def factory(path, card):
+        if card.version not in ready:
+            raise NotYet(f"version {card.version} not loaded by the backend yet")
+        return SavedModelRunner(path, card)
+
+    make_threshold_model(tmp_path, name="m", version=1, validation_dice={"a": 0.8})
+    registry = ModelRegistry(tmp_path, factory)
+    registry.refresh()
+    assert registry.get("m").version == 1
+    make_threshold_model(tmp_path, name="m", version=2, validation_dice={"a": 0.9})
+    registry.refresh()
+    assert registry.get("m").version == 1  # deferred: still serving 1
+    ready.add(2)
+    registry.refresh()
+    assert registry.get("m").version == 2
+    described = registry.describe("m")
+    assert {v["version"]: v["promotion"]["by"] for v in described["versions"]} == {1: "first", 2: "gate"}
