@@ -35,20 +35,15 @@ if [ ! -d "$data" ] || [ -z "$(ls -A "$data" 2>/dev/null)" ]; then
   echo "train: $data is empty: set TRAIN_DATA to the folder of labelled cases (e.g. ../shared/data) and mount it" >&2
   exit 2
 fi
-# shards, modalities, target and the case ids of the config (train + validation), one per line.
-plan="$(python - "$config" <<'EOF'
+# The case ids of the config (train + validation), one per line: only those are converted.
+case_ids="$(python - "$config" <<'EOF'
 import sys, tomllib
-c = tomllib.load(open(sys.argv[1], "rb"))
-d = c["data"]
-print(d["shards"]); print(",".join(c["modalities"])); print(c.get("target", "whole_tumour"))
+d = tomllib.load(open(sys.argv[1], "rb"))["data"]
 print("\n".join(d["train"] + d["validation"]))
 EOF
 )"
-shards="$(echo "$plan" | sed -n 1p)"
-modalities="$(echo "$plan" | sed -n 2p)"
-target="$(echo "$plan" | sed -n 3p)"
 cases=""
-for case_id in $(echo "$plan" | sed -n '4,$p'); do
+for case_id in $case_ids; do
   found="$(find "$data" -mindepth 1 -maxdepth 3 -type d -name "$case_id" | head -n 1)"
   if [ -z "$found" ]; then
     echo "train: case $case_id of $config is not under $data" >&2
@@ -56,6 +51,7 @@ for case_id in $(echo "$plan" | sed -n '4,$p'); do
   fi
   cases="$cases $found"
 done
+# --config: shards made with the config's grid, modalities and target (training checks they match).
 # shellcheck disable=SC2086  # one argument per case folder
-run python -m training.convert $cases --out "$shards" --modalities "$modalities" --target "$target"
+run python -m training.convert $cases --config "$config"
 run python -m training.train --config "$config" --quiet "$@"
