@@ -1,57 +1,73 @@
-# syntax=docker/dockerfile:1
 # brats-serve images (CPU only).
 #   docker build -t brats-serve .                        # the service (default target `serve`)
 #   docker build -t brats-serve-train --target train .   # the retraining job (docker-compose profile `train`)
-# Both run as the unprivileged user `seg` (uid 10001) and read/write models under /srv/models.
+# Both run as uid:gid 10001:10001 (`seg`, home /home/seg) and read/write models under /srv/models.
+# Where no registry can be reached, build on a local base: scripts/make_local_base_image.sh, then
+#   docker build --build-arg PYTHON_IMAGE=brats-serve-base:py3.11-bookworm .   (deploy/README.md)
+# Dependencies are installed from the lock files in deploy/lock/ (exact versions, no resolution at build
+# time), so two builds of the same commit install the same packages and `pip check` passes.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- dependencies of the service only (no training, no dev tools) -------------------------------------
 FROM ${PYTHON_IMAGE} AS deps
+# tensorflow-serving-api: only its generated gRPC/protobuf modules are needed (TF Serving backend, warm-up
+# records). Its metadata requires the full `tensorflow` wheel (570 MB) where `tensorflow-cpu` provides the
+# same modules, so the wheel (pinned by hash) is unpacked into site-packages instead of pip-installed.
+ARG TFSERVING_API_WHEEL=tensorflow_serving_api-2.21.0-py2.py3-none-any.whl
+ARG TFSERVING_API_SHA256=8f0c45be6e1a9c034dd3be63d73d09b1a899cf5a66d9caa1d557f137c2eff51d
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_PROGRESS_BAR=off \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONPATH=/srv \
+    HOME=/home/seg
 RUN groupadd --system --gid 10001 seg \
- && useradd --system --uid 10001 --gid seg --home-dir /srv --no-create-home --shell /usr/sbin/nologin seg
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/seg --create-home --shell /usr/sbin/nologin seg
 WORKDIR /srv
-COPY pyproject.toml ./
-# Dependencies first, from pyproject.toml itself, so a code change does not reinstall TensorFlow.
-# The `openvino` extra is included so SEG_BACKEND=openvino (the fastest backend measured, see README) works.
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve'] + p['optional-dependencies']['openvino']))" \
-    > /tmp/serve.txt \
- && pip install -r /tmp/serve.txt \
- # tensorflow-serving-api pins the full `tensorflow` wheel; grpcio and protobuf come with tensorflow-cpu.
- && pip install --no-deps "tensorflow-serving-api==2.21.*" \
- && rm /tmp/serve.txt
+COPY deploy/lock/serve.txt /tmp/lock/serve.txt
+# The lock is complete (scripts/lock_image_requirements.sh), hence --no-deps; `pip check` proves it.
+RUN pip install --no-deps -r /tmp/lock/serve.txt \
+ && pip download --no-deps --only-binary=:all: --dest /tmp/tfs "tensorflow-serving-api==2.21.0" \
+ && printf '%s  %s\n' "${TFSERVING_API_SHA256}" "/tmp/tfs/${TFSERVING_API_WHEEL}" >/tmp/tfs/SHA256SUMS \
+ && sha256sum --check --quiet /tmp/tfs/SHA256SUMS \
+ && python -m zipfile -e "/tmp/tfs/${TFSERVING_API_WHEEL}" /tmp/tfs/unpacked \
+ && cp -r /tmp/tfs/unpacked/tensorflow_serving "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/" \
+ && rm -rf /tmp/tfs /tmp/lock \
+ && pip check \
+ && python -c "import tensorflow_serving.apis.prediction_service_pb2_grpc"
 
 # ---- retraining job: converts cases, trains, publishes the next version into /srv/models -------------
 FROM deps AS train
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['optional-dependencies']['train']))" > /tmp/train.txt \
- && pip install -r /tmp/train.txt && rm /tmp/train.txt
-COPY README.md ./
+COPY deploy/lock/train.txt /tmp/lock/train.txt
+RUN pip install --no-deps -r /tmp/lock/train.txt && rm -rf /tmp/lock && pip check
+# No code is built or installed: the packages are plain source on PYTHONPATH (/srv), nothing left behind.
 COPY segcore/ segcore/
 COPY training/ training/
-RUN pip install --no-deps . \
- && mkdir -p /srv/models /srv/data /srv/runs && chown seg:seg /srv/models /srv/data /srv/runs
-USER seg
-CMD ["python", "-m", "training.train", "--config", "training/configs/brats-wt-flair.toml"]
+COPY deploy/train-entrypoint.sh /usr/local/bin/train-entrypoint.sh
+RUN mkdir -p /srv/models /srv/data /srv/runs && chown 10001:10001 /srv/models /srv/data /srv/runs
+# Progress bars are for terminals; container logs get one line per epoch (training.train --quiet).
+ENV TQDM_DISABLE=1 \
+    TF_ENABLE_ONEDNN_OPTS=1 \
+    TF_CPP_MIN_LOG_LEVEL=1 \
+    TRAIN_CONFIG=training/configs/brats-wt-flair.toml
+USER 10001:10001
+ENTRYPOINT ["train-entrypoint.sh"]
 
 # ---- the service (default target) ---------------------------------------------------------------------
 FROM deps AS serve
-COPY README.md ./
 COPY segcore/ segcore/
 COPY app/ app/
 # The viewer page's NiiVue, pinned and hash-checked from the npm registry (no Node.js needed in the image).
 COPY scripts/install_niivue.py scripts/
 RUN python scripts/install_niivue.py && rm -r scripts
-RUN pip install --no-deps .
-# The bundled model, kept outside the models volume; the entrypoint copies it in when the volume lacks it.
-COPY models/brats-wt-flair/ /srv/bundled-models/brats-wt-flair/
+# Every bundled model, kept outside the models volume; the entrypoint copies each in when the volume
+# lacks it. deploy/tfserving/models.config lists exactly these (tests/deploy checks it).
+COPY models/ /srv/bundled-models/
 COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
-RUN mkdir -p /srv/models /srv/jobs /tmp/seg && chown seg:seg /srv/models /srv/jobs /tmp/seg
+RUN mkdir -p /srv/models /srv/jobs /tmp/seg && chown 10001:10001 /srv/models /srv/jobs /tmp/seg
 # Settings (SEG_*, see the README) and CPU threading. TensorFlow sizes its pools once, at its first op:
 # SEG_INTRA_OP_THREADS unset means every CPU of the container's cpuset (TensorFlow reads the affinity
 # mask, not a --cpus quota: pin with cpuset, or set SEG_INTRA_OP_THREADS). A U-Net is a chain of ops,
@@ -68,9 +84,10 @@ ENV SEG_HOST=0.0.0.0 \
     TF_ENABLE_ONEDNN_OPTS=1 \
     TF_CPP_MIN_LOG_LEVEL=1 \
     BUNDLED_MODELS_DIR=/srv/bundled-models
-USER seg
+USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
-  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SEG_PORT', '8000'), timeout=4)" || exit 1
+# Ready, not merely alive: /readyz answers 200 only once a model version is loaded and warmed.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('SEG_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["python", "-m", "app"]

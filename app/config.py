@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="model -> version served instead of the latest, as 'name=3,other=1' or JSON",
     )
+    promotion_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="quality gate: a new version may be this much lower in validation Dice than the one it replaces",
+    )
     max_upload_mb: float = Field(512.0, gt=0, description="request body limit, checked while streaming")
     max_voxels: int = Field(512 * 512 * 512, gt=0, description="refuse larger images before reading voxels")
     max_archive_members: int = Field(4096, gt=0, description="entries allowed in one uploaded zip")

@@ -93,7 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     remove_stale(settings.tmp_dir)  # left by a killed process (OOM killer, container stop)
     factory = runner_factory(settings)
     registry = ModelRegistry(
-        settings.models_dir, factory, keep_versions=settings.keep_versions, pinned=settings.pinned_versions
+        settings.models_dir,
+        factory,
+        keep_versions=settings.keep_versions,
+        pinned=settings.pinned_versions,
+        tolerance=settings.promotion_tolerance,
     )
     app = FastAPI(
         title="Brain-tumour MRI segmentation", version=__version__, lifespan=_lifespan(settings, registry, factory)

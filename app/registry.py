@@ -17,6 +17,13 @@ reference to the :class:`LoadedModel` they started with, so they finish on it; a
 registry (superseded, or its directory removed) is *unloading* until the last such request lets go of it,
 then *unloaded* (logged). A version that fails to load or warm is recorded as failed, counted and logged,
 and never served; it is retried only if its directory is replaced (a new inode or mtime).
+
+**Quality gate** (:mod:`app.quality_gate`): under the latest policy the served version is the newest
+*promoted* one, not simply the newest. A version is promoted when its card's validation Dice is at least
+that of the version it would replace (within ``tolerance``), or by an operator (:meth:`ModelRegistry.
+promote`). A refused version is still loaded if it is among the ``keep_versions`` newest (so it can be
+tried with ``version=N``) and listed as ``refused`` with the reason; the newest promoted version is kept
+loaded even when it is older than those. A pin bypasses the gate.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app import telemetry
+from app import quality_gate, telemetry
+from app.quality_gate import Verdict
 from app.runners.backends import RunnerFactory
 from segcore.card import ModelCard
 from segcore.model_folder import WARMUP_RELPATH, version_numbers
@@ -71,6 +79,7 @@ class ModelState:
     served: LoadedModel | None = None
     loaded: dict[int, LoadedModel] = field(default_factory=dict)
     failed: dict[int, Failure] = field(default_factory=dict)
+    verdicts: dict[int, Verdict] = field(default_factory=dict)  # the quality gate's, per version
     # Dropped from the registry but still referenced by requests in flight; gone once they finish.
     unloading: weakref.WeakValueDictionary[int, LoadedModel] = field(default_factory=weakref.WeakValueDictionary)
 
@@ -124,6 +133,7 @@ class ModelRegistry:
 
     ``keep_versions``: how many of the newest loadable versions stay loaded per model (>= 1).
     ``pinned``: model name -> the version to serve instead of the newest.
+    ``tolerance``: how much lower (Dice, 0..1) a new version's validation may be and still be promoted.
     """
 
     def __init__(
@@ -133,12 +143,20 @@ class ModelRegistry:
         *,
         keep_versions: int = 2,
         pinned: Mapping[str, int] | None = None,
+        tolerance: float = 0.0,
     ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be at least 1, not {keep_versions}")
+        if not 0 <= tolerance <= 1:
+            raise ValueError(f"tolerance is a Dice difference in [0, 1], not {tolerance}")
         self.models_dir = Path(models_dir)
         self.keep_versions = keep_versions
         self.pinned = dict(pinned or {})
+        self.tolerance = tolerance
+        # Operator promotions that could not be written next to the model (read-only models directory).
+        self._operator: dict[str, set[int]] = {}
+        self._cards: dict[tuple[str, int], tuple[tuple[int, int], ModelCard | None]] = {}
+        self._tried: set[tuple[str, int]] = set()
         self._factory = runner_factory
         self._states: dict[str, ModelState] = {}
         self._lock = threading.Lock()  # one loader at a time; readers never take it
@@ -203,19 +221,26 @@ class ModelRegistry:
         root = self.models_dir / name
         state = self._states.get(name) or ModelState(name)
         versions = version_numbers(root)
+        self._tried = set()  # this refresh's load attempts: a deferred version waits for the next refresh
         # A failure is a verdict on one directory; a directory republished under the same number is new.
         failed = {v: f for v, f in state.failed.items() if v in versions and f.stamp == _stamp(root / str(v))}
         loaded = {v: m for v, m in state.loaded.items() if v in versions}
         wanted = self._load_wanted(name, versions, loaded, failed)
         pin = self.pinned.get(name)
+        # The gate's verdicts (shown even under a pin); the newest promoted version is loaded if needed.
+        verdicts, promoted = self._gate(name, versions, failed, loaded)
+        self._log_new_refusals(name, state.verdicts, verdicts)
         if pin is not None:
             served = loaded.get(pin)
             if served is None and (state.served is not None or name not in self._states):  # once, not every poll
                 log.error("pinned_version_unavailable model=%s version=%s on_disk=%s", name, pin, versions)
         else:
-            served = loaded[max(wanted)] if wanted else None
+            served = loaded.get(promoted) if promoted is not None else None
+            if served is not None:
+                wanted.append(served.version)
         keep = {v: loaded[v] for v in sorted(set(wanted))}
         previous = state.served
+        state.verdicts = verdicts
         self._swap(state, keep, failed, served, versions)
         self._announce(name, previous, served)
         if not keep and not failed and not versions and not (root.is_dir()):
@@ -249,7 +274,10 @@ class ModelRegistry:
 
     def _try_load(self, name: str, version: int, loaded: dict[int, LoadedModel], failed: dict[int, Failure]) -> None:
         """Load and warm one version into ``loaded``, or record why not in ``failed`` (a retryable error
-        records nothing: the next refresh tries again)."""
+        records nothing: the next refresh tries again). At most once per version and refresh."""
+        if (name, version) in self._tried:
+            return
+        self._tried.add((name, version))
         stamp = _stamp(self.models_dir / name / str(version))
         try:
             model = self._load(name, version)
@@ -309,11 +337,86 @@ class ModelRegistry:
         elif previous is not None:
             telemetry.SERVED_VERSION.remove(name)
 
+    def _card(self, name: str, version: int) -> ModelCard | None:
+        """The version's card (None if it does not validate), cached per directory identity."""
+        path = self.models_dir / name / str(version)
+        stamp = _stamp(path)
+        cached = self._cards.get((name, version))
+        if cached is None or cached[0] != stamp:
+            try:
+                card: ModelCard | None = ModelCard.load(path)
+            except Exception:  # reported when the version is loaded (marked failed with the error)
+                card = None
+            cached = self._cards[(name, version)] = (stamp, card)
+        return cached[1]
+
+    def _gate(
+        self,
+        name: str,
+        versions: list[int],
+        failed: dict[int, Failure],
+        loaded: dict[int, LoadedModel],
+    ) -> tuple[dict[int, Verdict], int | None]:
+        """The quality gate's verdict on every version, and the newest promoted version that loads.
+
+        That version is loaded here when it is not among the newest ones already loaded; if it fails, it
+        leaves the chain (the next version is then judged against the one before it) and the gate runs
+        again, at most once per version. If its load is deferred (TF Serving has not loaded it yet), the
+        newest promoted version already loaded keeps serving.
+        """
+        operator = quality_gate.read_operator_promotions(self.models_dir / name).keys() | self._operator.get(
+            name, set()
+        )
+        cards = {v: c for v in versions if (c := self._card(name, v)) is not None}
+        self._cards = {k: c for k, c in self._cards.items() if k[0] != name or k[1] in versions}  # drop removed
+        for _ in range(len(versions) + 1):
+            verdicts = quality_gate.verdicts(cards, set(operator), self.tolerance, skip=set(failed))
+            promoted = [v for v, verdict in verdicts.items() if verdict.promoted]
+            if not promoted:
+                return verdicts, None
+            best = max(promoted)
+            if best not in loaded:
+                self._try_load(name, best, loaded, failed)
+            if best in loaded:
+                return verdicts, best
+            if best not in failed:  # deferred (backend not ready yet): keep the newest promoted one loaded
+                ready = [v for v in promoted if v in loaded]
+                return verdicts, max(ready) if ready else None
+        return verdicts, None
+
+    @staticmethod
+    def _log_new_refusals(name: str, before: dict[int, Verdict], after: dict[int, Verdict]) -> None:
+        for version, verdict in after.items():
+            if not verdict.promoted and before.get(version) != verdict:
+                telemetry.REFUSED_VERSIONS.labels(name).inc()
+                log.warning("model_refused model=%s version=%s reason=%s", name, version, verdict.reason)
+
+    def promote(self, name: str, version: int) -> dict:
+        """An operator's explicit promotion of ``version`` (refused by the gate, or not yet judged).
+
+        Recorded next to the model (``.promotions.json``) so it outlives a restart; where the models
+        directory is read-only it lasts until the service stops (logged). Applies at once (a refresh of
+        that model) and returns :meth:`describe`. Raises :class:`UnknownModel` for a version not on disk.
+        """
+        root = self.models_dir / name
+        if version not in version_numbers(root):
+            raise UnknownModel(f"{name} v{version}")
+        try:
+            quality_gate.record_operator_promotion(root, version)
+        except OSError as exc:
+            log.warning("model_promotion_not_persisted model=%s version=%s error=%s", name, version, exc)
+        self._operator.setdefault(name, set()).add(version)
+        log.info("model_promoted model=%s version=%s by=operator", name, version)
+        self.refresh(name)
+        return self.describe(name)
+
     def describe(self, name: str) -> dict:
         """What ``GET /models/{name}`` shows: every version on disk or in memory, with its state.
 
         States: ``serving``, ``loaded`` (ask with ``version=N``), ``unloading`` (dropped; requests still
-        running on it), ``failed`` (with the error), ``available`` (on disk, outside the policy).
+        running on it), ``failed`` (with the error), ``refused`` (by the quality gate, with the reason),
+        ``available`` (on disk, outside the policy). Every judged version carries ``promotion``
+        (promoted, by ``gate`` | ``operator`` | ``first``, reason).
         """
         state = self._states.get(name)
         root = self.models_dir / name
@@ -321,29 +424,14 @@ class ModelRegistry:
             if not root.is_dir():
                 raise UnknownModel(name)
             state = ModelState(name)
-        served, loaded, failed = state.served, state.loaded, state.failed
+        served, loaded = state.served, state.loaded
         unloading = {v: m for v, m in list(state.unloading.items()) if loaded.get(v) is not m}
         on_disk = version_numbers(root)
-        versions = []
-        for v in sorted(set(on_disk) | set(loaded) | set(failed) | set(unloading)):
-            if v in failed:
-                status = "failed"
-            elif served is not None and v == served.version:
-                status = "serving"
-            elif v in loaded:
-                status = "loaded"
-            elif v in unloading:
-                status = "unloading"
-            else:
-                status = "available"
-            entry: dict = {"version": v, "state": status}
-            if v in failed:
-                entry["error"] = failed[v].error
-            model = loaded.get(v) or unloading.get(v)
-            if model is not None:
-                entry["load_ms"] = round(model.load_ms, 1)
-                entry["warmup_ms"] = round(model.warmup_ms, 1)
-            versions.append(entry)
+        failed = state.failed
+        versions = [
+            _version_entry(v, state, unloading)
+            for v in sorted(set(on_disk) | set(loaded) | set(failed) | set(unloading))
+        ]
         return {
             "name": name,
             "served_version": served.version if served else None,
@@ -351,3 +439,34 @@ class ModelRegistry:
             "versions": versions,
             "card": served.card.model_dump(mode="json") if served else None,
         }
+
+
+def _version_entry(v: int, state: ModelState, unloading: dict[int, LoadedModel]) -> dict:
+    """One version of :meth:`ModelRegistry.describe`: its state, and what applies to it (error, the gate's
+    verdict, load times)."""
+    served, loaded, failed, verdict = state.served, state.loaded, state.failed, state.verdicts.get(v)
+    if v in failed:
+        status = "failed"
+    elif served is not None and v == served.version:
+        status = "serving"
+    elif verdict is not None and not verdict.promoted:
+        status = "refused"
+    elif v in loaded:
+        status = "loaded"
+    elif v in unloading:
+        status = "unloading"
+    else:
+        status = "available"
+    entry: dict = {"version": v, "state": status}
+    if v in failed:
+        entry["error"] = failed[v].error
+    if verdict is not None:
+        entry["promotion"] = verdict.as_json()
+        if status == "refused":
+            entry["reason"] = verdict.reason
+            entry["loaded"] = v in loaded  # then it answers version=N, for an operator to try
+    model = loaded.get(v) or unloading.get(v)
+    if model is not None:
+        entry["load_ms"] = round(model.load_ms, 1)
+        entry["warmup_ms"] = round(model.warmup_ms, 1)
+    return entry

@@ -22,3 +22,6 @@ IN_FLIGHT = Gauge("seg_inferences_in_flight", "Studies being segmented now")
 SERVED_VERSION = Gauge("seg_model_served_version", "Version served by default, per model", ["model"])
 LOAD_SECONDS = Histogram("seg_model_load_seconds", "Time to load and warm a model version", ["model", "phase"])
 LOAD_FAILURES = Counter("seg_model_load_failures_total", "Model versions that failed to load or warm", ["model"])
+REFUSED_VERSIONS = Counter(
+    "seg_model_refused_versions_total", "Versions the quality gate refused (worse validation than served)", ["model"]
+)

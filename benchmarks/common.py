@@ -68,10 +68,13 @@ def start_server(
     env: dict[str, str] | None = None,
     ready_path: str = "/readyz",
     timeout: float = 180.0,
+    cpus: set[int] | None = None,
 ) -> ServerProcess:
     """``python -m app`` on a free loopback port, waited on until ``ready_path`` answers 200.
 
-    The one launcher of a real server for benchmarks and tests alike; ``env`` overrides the defaults."""
+    The one launcher of a real server for benchmarks and tests alike; ``env`` overrides the defaults.
+    ``cpus`` pins the process to those CPUs before it starts (as a container's ``cpuset`` does), so
+    TensorFlow sizes its default pools from them."""
     import httpx
 
     port = free_port()
@@ -87,7 +90,12 @@ def start_server(
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=REPO, env=full_env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+        [sys.executable, "-m", "app"],
+        cwd=REPO,
+        env=full_env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout

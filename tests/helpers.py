@@ -46,6 +46,7 @@ def make_threshold_model(
     modality: str = "flair",
     offset: float = 2.0,
     warmup: bool = False,
+    validation_dice: dict[str, float] | None = None,
 ) -> Path:
     """Publish a SavedModel whose ``probabilities`` are sigmoid(8 * (image - offset)): after the brain
     z-score, the bright tumour (z >> 2) is foreground and normal tissue is not. A lower ``offset`` marks
@@ -53,7 +54,8 @@ def make_threshold_model(
 
     Published as ``training.export`` does (:func:`segcore.model_folder.publish_atomically`), so a polling
     server never sees half a version. ``warmup`` adds TF Serving
-    warm-up requests written by the exporter's own writer.
+    warm-up requests written by the exporter's own writer. ``validation_dice`` goes into the card, as
+    ``training.export`` writes it (what the quality gate compares).
     """
 
     def build(tmp: Path) -> None:
@@ -74,6 +76,7 @@ def make_threshold_model(
             spacing_mm=[1.0, 1.0, 1.0],
             tiling=Tiling(divisor=divisor, margin=4),
             labels={1: "bright"},
+            validation_dice=validation_dice or {},
         )
         card.write(tmp)
         if warmup:

