@@ -1,0 +1,104 @@
+"""Uploads are staged in a private directory that is removed in every case: after a 500, and when the
+client goes away while uploading, while its study is being segmented, or while the answer is being sent.
+(4xx answers: ``test_bad_input.py``; 503 busy: ``test_backpressure.py``; 502/503/504 from TF Serving:
+``test_tfserving.py``.) The ``gated`` model lets the test hold inference and make it fail on demand."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from urllib.parse import urlsplit
+
+import SimpleITK as sitk
+
+from tests.conftest import wait_empty
+from tests.helpers import synthetic_head
+
+BOUNDARY = b"st4g1ngb0undary"
+
+
+def _study(tmp_path, shape_zyx=(40, 72, 64)) -> bytes:
+    head, _ = synthetic_head(shape_zyx=shape_zyx)
+    sitk.WriteImage(head, str(tmp_path / "head.nii.gz"))
+    return (tmp_path / "head.nii.gz").read_bytes()
+
+
+def _request(url: str, body_length: int, query: str = "") -> tuple[socket.socket, bytes]:
+    """An open loopback connection and the request head + multipart preamble of a ``flair`` upload of
+    ``body_length`` bytes of file content (sent by the caller)."""
+    parts = urlsplit(url)
+    preamble = b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="flair"; filename="h.nii.gz"\r\n\r\n'
+    epilogue = b"\r\n--" + BOUNDARY + b"--\r\n"
+    head = (
+        f"POST /segment{query} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY.decode()}\r\n"
+        f"Content-Length: {len(preamble) + body_length + len(epilogue)}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    return sock, head + preamble
+
+
+def _epilogue() -> bytes:
+    return b"\r\n--" + BOUNDARY + b"--\r\n"
+
+
+def _wait_for(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def _staged_bytes(directory) -> int:
+    return sum(f.stat().st_size for d in directory.iterdir() if d.is_dir() for f in d.iterdir() if f.is_file())
+
+
+def test_a_500_leaves_nothing_staged(gated, tmp_path):
+    study = _study(tmp_path)
+    gated.poison.touch()  # the model fails at inference
+    try:
+        with gated.server.client() as client:
+            r = client.post("/segment", files={"flair": ("h.nii.gz", study)})
+            assert r.status_code == 500, r.text
+            assert client.get("/healthz").status_code == 200
+    finally:
+        gated.poison.unlink()
+    assert wait_empty(gated.server.tmp_dir) == []
+    with gated.server.client() as client:  # and the next study is served
+        assert client.post("/segment", files={"flair": ("h.nii.gz", study)}).status_code == 200
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_nothing_staged(gated):
+    sock, start = _request(gated.server.url, 8 * 2**20)
+    with sock:
+        sock.sendall(start + b"\x1f\x8b" + os.urandom(2**20))  # 1 MB of the promised 8
+        _wait_for(lambda: _staged_bytes(gated.server.tmp_dir) > 0, "the server staging the upload")
+    assert wait_empty(gated.server.tmp_dir, timeout=20) == []
+
+
+def test_a_client_that_disconnects_during_inference_leaves_nothing_staged(gated, tmp_path):
+    study = _study(tmp_path)
+    gated.hold()
+    try:
+        sock, start = _request(gated.server.url, len(study))
+        with sock:
+            sock.sendall(start + study + _epilogue())
+            gated.wait_metric("seg_inferences_in_flight", 1)
+        assert len(os.listdir(gated.server.tmp_dir)) == 1  # staged, and held
+    finally:
+        gated.release()
+    gated.wait_metric("seg_inferences_in_flight", 0)
+    assert wait_empty(gated.server.tmp_dir, timeout=20) == []
+
+
+def test_a_client_that_disconnects_mid_download_leaves_nothing_staged(gated, tmp_path):
+    """The answer (a NIfTI mask, streamed from the staging directory) is cut off after its first bytes."""
+    study = _study(tmp_path, shape_zyx=(80, 128, 128))
+    sock, start = _request(gated.server.url, len(study))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock:
+        sock.sendall(start + study + _epilogue())
+        first = sock.recv(256)
+        assert first.startswith(b"HTTP/1.1 200"), first
+    assert wait_empty(gated.server.tmp_dir, timeout=20) == []
