@@ -236,3 +236,25 @@ def _shifted_head():
     head, _ = synthetic_head()
     head.SetOrigin((-30.0, 12.5, -6.0))  # a second series of the same patient, 1 mm higher
     return head
+
+
+def labels_from_seg(content: bytes, grid: sitk.Image, value_of_name: dict[str, int]) -> np.ndarray:
+    """Decode a DICOM SEG into a label array ``[z, y, x]`` on ``grid``, the image a test wrote the source
+    series from (:func:`series_from_image`), using only the SEG's own attributes: each frame's segment
+    number -> the segment's label -> ``value_of_name``; each frame's ImagePositionPatient -> the slice of
+    ``grid``. The service's own geometry code plays no part, so a flip it made shows up here."""
+    seg = pydicom.dcmread(io.BytesIO(content))
+    value_of_segment = {int(s.SegmentNumber): value_of_name[s.SegmentLabel] for s in seg.SegmentSequence}
+    frames = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+    direction = np.array(grid.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(orientation, [*direction[:, 0], *direction[:, 1]], atol=1e-4)
+    out = np.zeros(sitk.GetArrayViewFromImage(grid).shape, dtype=np.uint8)
+    for i, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        index = grid.TransformPhysicalPointToIndex(position)
+        assert index[:2] == (0, 0), f"frame {i} does not start at a slice corner of the source grid"
+        out[index[2]][frames[i] > 0] = value_of_segment[number]
+    return out

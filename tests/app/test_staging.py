@@ -61,6 +61,7 @@ def test_a_500_leaves_nothing_staged(gated, tmp_path):
         with gated.server.client() as client:
             r = client.post("/segment", files={"flair": ("h.nii.gz", study)})
             assert r.status_code == 500, r.text
+            assert r.json()["error"] == "internal_error" and len(r.json()["detail"]) > 10
             assert client.get("/healthz").status_code == 200
     finally:
         gated.poison.unlink()

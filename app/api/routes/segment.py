@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 
 from app.api.deps import ServiceDep, SettingsDep
 from app.api.schemas import ErrorBody, SegmentationSummary
@@ -17,6 +19,7 @@ from app.outputs.formats import FORMATS
 from segcore.card import MODALITY_ALIASES, MODALITY_NAMES
 
 router = APIRouter(tags=["segment"])
+log = logging.getLogger("app.api.segment")
 
 # The multipart body is parsed as a stream (app.inputs.uploads), not by FastAPI, so it is described here.
 _FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
@@ -76,7 +79,18 @@ async def segment_study(
             settings.max_upload_bytes,
         )
         answer = await service.segment(loaded, files, Path(work), fmt)
-    except BaseException:
+    except (ApiError, ClientDisconnect):
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    except Exception:
+        # A fault of ours (a model that fails at inference, a bug): the same JSON shape as every other
+        # error, the traceback in the log (it carries no DICOM values: nothing here formats a header).
+        shutil.rmtree(work, ignore_errors=True)
+        log.exception("segment_failed model=%s version=%s", loaded.name, loaded.version)
+        raise ApiError(
+            500, "internal_error", "the study could not be segmented because of a server error (logged)"
+        ) from None
+    except BaseException:  # cancelled: the client went away
         shutil.rmtree(work, ignore_errors=True)
         raise
     headers = {
