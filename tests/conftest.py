@@ -60,7 +60,7 @@ class Server:
     log_path: Path
     process: subprocess.Popen
 
-    def client(self, timeout: float = 120.0) -> httpx.Client:
+    def client(self, timeout: float = 900.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
 
     def log(self) -> str:
@@ -119,7 +119,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(srv)
 
 
-def wait_empty(directory: Path, timeout: float = 5.0) -> list[str]:
+def wait_empty(directory: Path, timeout: float = 30.0) -> list[str]:
     """Entries left in ``directory`` after ``timeout`` (responses clean up after they are sent)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -177,7 +177,6 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
             "SEG_DEFAULT_MODEL": "gated",
             "SEG_MAX_CONCURRENT_INFERENCES": "1",
             "SEG_QUEUE_SIZE": "1",
-            "SEG_MAX_VOXELS": "4000000",
             "SEG_LOG_LEVEL": "DEBUG",  # the no-PHI promise holds at every level
             "SEG_INTRA_OP_THREADS": "1",
         },

@@ -252,7 +252,8 @@ def labels_from_seg(content: bytes, grid: sitk.Image, value_of_name: dict[str, i
     np.testing.assert_allclose(orientation, [*direction[:, 0], *direction[:, 1]], atol=1e-4)
     out = np.zeros(sitk.GetArrayViewFromImage(grid).shape, dtype=np.uint8)
     for i, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        identified = group if "SegmentIdentificationSequence" in group else shared  # shared when one segment
+        number = int(identified.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
         index = grid.TransformPhysicalPointToIndex(position)
         assert index[:2] == (0, 0), f"frame {i} does not start at a slice corner of the source grid"

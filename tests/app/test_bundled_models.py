@@ -64,7 +64,7 @@ def _nifti_mask(content: bytes, tmp_path) -> np.ndarray:
 
 def test_3d_whole_tumour_model_reaches_its_recorded_dice_over_http(bundled, case, tmp_path):
     folder, labels = case
-    with bundled.client(timeout=300) as client:
+    with bundled.client(timeout=1800) as client:
         r = client.post(
             "/segment",
             params={"model": "brats-wt-flair-3d"},
@@ -93,7 +93,7 @@ def test_multiclass_model_on_flair_dicom_plus_t1c_answers_regions_and_a_multi_se
         "flair": ("flair.zip", flair_zip),
         "t1ce": ("t1c.nii.gz", (folder / "T1c_subtrMeanDivStd.nii.gz").read_bytes()),  # alias of t1c
     }
-    with bundled.client(timeout=300) as client:
+    with bundled.client(timeout=1800) as client:
         seg_r = client.post("/segment", params={"model": card.name, "format": "dicom-seg"}, files=files)
         json_r = client.post("/segment", params={"model": card.name, "format": "json"}, files=files)
     assert seg_r.status_code == 200, seg_r.text

@@ -10,9 +10,11 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import numpy as np
 import SimpleITK as sitk
 
 from tests.conftest import wait_empty
+from tests.dicom_fixtures import series_from_image, zip_of
 from tests.helpers import synthetic_head
 
 BOUNDARY = b"st4g1ngb0undary"
@@ -93,13 +95,31 @@ def test_a_client_that_disconnects_during_inference_leaves_nothing_staged(gated,
     assert wait_empty(gated.server.tmp_dir, timeout=20) == []
 
 
-def test_a_client_that_disconnects_mid_download_leaves_nothing_staged(gated, tmp_path):
-    """The answer (a NIfTI mask, streamed from the staging directory) is cut off after its first bytes."""
-    study = _study(tmp_path, shape_zyx=(80, 128, 128))
-    sock, start = _request(gated.server.url, len(study))
+def _large_series() -> bytes:
+    """160 axial 384x384 DICOM slices of a smooth head with a bright lesion: a 0.3 MB zip whose DICOM SEG
+    answer is 2.9 MB (one bit per voxel), far more than loopback socket buffers hold for a client that
+    does not read."""
+    z, y, x = np.ogrid[:160, :384, :384]
+    head = ((z - 80) / 70.0) ** 2 + ((y - 192) / 170.0) ** 2 + ((x - 192) / 150.0) ** 2 <= 1
+    lesion = ((z - 100) / 12.0) ** 2 + ((y - 150) / 20.0) ** 2 + ((x - 250) / 20.0) ** 2 <= 1
+    volume = np.where(head, np.where(lesion, 300, 100), 0).astype(np.float32)
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((0.6, 0.6, 1.0))
+    return zip_of([(f"{i:03d}.dcm", f) for i, f in enumerate(series_from_image(image))])
+
+
+def test_a_client_that_disconnects_mid_download_leaves_nothing_staged(gated):
+    """The answer (a DICOM SEG streamed from the staging directory) is cut off after its first bytes: the
+    client reads the status line, stops reading (the server blocks on a full socket, the staging directory
+    still there), then goes away."""
+    study = _large_series()
+    sock, start = _request(gated.server.url, len(study), query="?format=dicom-seg")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     with sock:
         sock.sendall(start + study + _epilogue())
         first = sock.recv(256)
         assert first.startswith(b"HTTP/1.1 200"), first
+        assert b"application/dicom" in first or len(first) == 256
+        time.sleep(1.0)  # the server cannot finish: the answer does not fit in the buffers of a stalled client
+        assert len(os.listdir(gated.server.tmp_dir)) == 1, "the whole answer was sent: not a mid-download test"
     assert wait_empty(gated.server.tmp_dir, timeout=20) == []
