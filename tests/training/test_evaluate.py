@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from segcore.card import ModelCard, Normalization, Tiling
-from tests.helpers import publish_version
+from segcore.model_folder import publish_atomically
 from training.evaluate import evaluate
 
 SHAPE = (20, 32, 32)  # z, y, x
@@ -62,7 +62,7 @@ def _model(models_dir, image: np.ndarray):
             activation="softmax",
         ).write(tmp)
 
-    return publish_version(models_dir / "bands" / "1", build)
+    return publish_atomically(models_dir / "bands" / "1", build)
 
 
 def test_per_region_dice_equals_the_hand_computed_values(tmp_path):

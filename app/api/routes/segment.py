@@ -47,7 +47,7 @@ _ANSWERS = {
         "description": "the mask (nifti, dicom-seg), the summary (json) or a preview (png)",
         "content": {f.media_type: {} for f in FORMATS.values() if f.media_type != "application/json"},
     },
-    **{status: {"model": ErrorBody} for status in (400, 404, 413, 415, 422, 503)},
+    **{status: {"model": ErrorBody} for status in (400, 404, 413, 415, 422, 500, 503)},
 }
 
 
