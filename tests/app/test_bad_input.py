@@ -314,7 +314,7 @@ def test_bad_upload_is_refused_with_a_json_reason(server, cases, case_id):
 
 def _raw_post(url: str, headers: dict[str, str]) -> socket.socket:
     parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=120)
     head = f"POST /segment HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     sock.sendall(head.encode())
@@ -324,7 +324,7 @@ def _raw_post(url: str, headers: dict[str, str]) -> socket.socket:
 def _read_response(sock: socket.socket) -> tuple[int, bytes]:
     """Status code and body of one HTTP/1.1 response (Content-Length framed)."""
     sock.setblocking(True)
-    sock.settimeout(30)
+    sock.settimeout(120)
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)

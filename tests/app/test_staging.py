@@ -37,7 +37,8 @@ def _request(url: str, body_length: int, query: str = "") -> tuple[socket.socket
         f"Content-Type: multipart/form-data; boundary={BOUNDARY.decode()}\r\n"
         f"Content-Length: {len(preamble) + body_length + len(epilogue)}\r\n\r\n"
     ).encode()
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    # The answer starts only after the study was read, segmented and written: minutes on a loaded machine.
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=600)
     return sock, head + preamble
 
 
