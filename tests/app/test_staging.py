@@ -26,7 +26,7 @@ def _study(tmp_path, shape_zyx=(40, 72, 64)) -> bytes:
     return (tmp_path / "head.nii.gz").read_bytes()
 
 
-def _request(url: str, body_length: int, query: str = "") -> tuple[socket.socket, bytes]:
+def _request(url: str, body_length: int, query: str = "", rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
     """An open loopback connection and the request head + multipart preamble of a ``flair`` upload of
     ``body_length`` bytes of file content (sent by the caller)."""
     parts = urlsplit(url)
@@ -38,7 +38,11 @@ def _request(url: str, body_length: int, query: str = "") -> tuple[socket.socket
         f"Content-Length: {len(preamble) + body_length + len(epilogue)}\r\n\r\n"
     ).encode()
     # The answer starts only after the study was read, segmented and written: minutes on a loaded machine.
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=600)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:  # before connecting, so the advertised window (and its scale) stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(600)
+    sock.connect((parts.hostname, parts.port))
     return sock, head + preamble
 
 
@@ -114,8 +118,7 @@ def test_a_client_that_disconnects_mid_download_leaves_nothing_staged(gated):
     client reads the status line, stops reading (the server blocks on a full socket, the staging directory
     still there), then goes away."""
     study = _large_series()
-    sock, start = _request(gated.server.url, len(study), query="?format=dicom-seg")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock, start = _request(gated.server.url, len(study), query="?format=dicom-seg", rcvbuf=4096)
     with sock:
         sock.sendall(start + study + _epilogue())
         first = sock.recv(256)
