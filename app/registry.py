@@ -191,6 +191,24 @@ class ModelRegistry:
         # list(): a refresh thread may add a model while this runs on the event loop
         return any(s.served is not None for s in list(self._states.values()))
 
+    def readiness(self) -> tuple[dict[str, int], dict[str, str]]:
+        """``(served version by model, reason by model that serves nothing)`` over every model the
+        registry knows (each directory under ``models_dir``). A model whose versions all failed, whose
+        pin is unavailable, or that the backend has not loaded yet is not ready: a deployment with one
+        broken bundled model must not look healthy because another one loads."""
+        serving: dict[str, int] = {}
+        not_ready: dict[str, str] = {}
+        for name, state in list(self._states.items()):
+            if state.served is not None:
+                serving[name] = state.served.version
+            elif state.failed:
+                not_ready[name] = "; ".join(f"v{v} failed: {f.error}" for v, f in sorted(state.failed.items()))
+            elif name in self.pinned:
+                not_ready[name] = f"pinned version {self.pinned[name]} is not loaded"
+            else:
+                not_ready[name] = "no version is loaded yet"
+        return serving, not_ready
+
     def _load(self, name: str, version: int) -> LoadedModel:
         path = self.models_dir / name / str(version)
         t0 = time.perf_counter()

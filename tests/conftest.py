@@ -60,7 +60,7 @@ class Server:
     log_path: Path
     process: subprocess.Popen
 
-    def client(self, timeout: float = 120.0) -> httpx.Client:
+    def client(self, timeout: float = 900.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
 
     def log(self) -> str:
@@ -120,7 +120,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(srv)
 
 
-def wait_empty(directory: Path, timeout: float = 5.0) -> list[str]:
+def wait_empty(directory: Path, timeout: float = 30.0) -> list[str]:
     """Entries left in ``directory`` after ``timeout`` (responses clean up after they are sent)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -128,3 +128,61 @@ def wait_empty(directory: Path, timeout: float = 5.0) -> list[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+@dataclass
+class Gated:
+    """A real server whose ``gated`` model the test holds and releases (see
+    :func:`tests.helpers.make_gated_model`): one inference slot, a waiting room of one, DEBUG logs."""
+
+    server: Server
+    gate: Path
+    poison: Path
+
+    def hold(self) -> None:
+        self.gate.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self.gate.touch()
+
+    def metric(self, name: str) -> float:
+        import re
+
+        text = httpx.get(self.server.url + "/metrics", timeout=10).text
+        match = re.search(rf"^{name} (\S+)$", text, flags=re.M)
+        assert match, f"{name} missing from /metrics"
+        return float(match.group(1))
+
+    def wait_metric(self, name: str, value: float, timeout: float = 60.0) -> None:
+        """Wait (bounded) until the gauge ``name`` reads ``value``: a state, not a duration."""
+        deadline = time.monotonic() + timeout
+        while self.metric(name) != value:
+            assert time.monotonic() < deadline, f"{name} never reached {value}:\n{self.server.log()[-3000:]}"
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
+    from tests.helpers import make_gated_model, make_threshold_model
+
+    tmp = tmp_path_factory.mktemp("gated")
+    models = tmp / "models"
+    gate, poison = tmp / "gate-open", tmp / "poison"
+    gate.touch()  # open while the model loads and warms
+    make_gated_model(models, gate, poison, name="gated")
+    make_threshold_model(models, name="bright", modality="flair")
+    srv = start_server(
+        tmp,
+        {
+            "SEG_MODELS_DIR": str(models),
+            "SEG_DEFAULT_MODEL": "gated",
+            "SEG_MAX_CONCURRENT_INFERENCES": "1",
+            "SEG_QUEUE_SIZE": "1",
+            "SEG_LOG_LEVEL": "DEBUG",  # the no-PHI promise holds at every level
+            "SEG_INTRA_OP_THREADS": "1",
+        },
+    )
+    yield Gated(srv, gate, poison)
+    gate.touch()
+    poison.unlink(missing_ok=True)
+    stop_server(srv)

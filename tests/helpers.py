@@ -140,3 +140,84 @@ def make_broken_version(models_dir: Path, name: str, version: int, flaw: str) ->
         ).write(tmp)
 
     return publish_atomically(root / str(version), build_module)
+
+
+def make_gated_model(models_dir: Path, gate: Path, poison: Path, name: str = "gated", version: int = 1) -> Path:
+    """A SavedModel the test controls from outside the server, through two files:
+
+    - while ``gate`` does not exist, every call waits (polling the filesystem inside the graph), so the
+      test can hold the inference slot for as long as it needs and observe the server's state;
+    - while ``poison`` exists, every call fails (an ``InvalidArgumentError`` at inference: a 500).
+
+    Otherwise it is the bright-voxel threshold model (sigmoid(8 * (z - 2))). The file checks depend on
+    the loop variable and the input, so TensorFlow cannot fold them into constants at load time.
+    Warm-up requests are written (48x40 and 64x64 slices), so the gate must be open while it loads.
+    """
+    gate_path, poison_path = str(gate), str(poison)
+
+    def build(tmp: Path) -> None:
+        import tensorflow as tf
+
+        class Gated(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([1, None, None, 1], tf.float32, name="image")])
+            def serve(self, image):
+                def closed(i):
+                    pattern = tf.strings.regex_replace(tf.strings.as_string(i), "^.*$", gate_path)
+                    return tf.equal(tf.size(tf.io.matching_files(pattern)), 0)
+
+                waited = tf.while_loop(closed, lambda i: (i + 1,), (tf.shape(image)[0] * 0,))
+                pattern = tf.strings.regex_replace(tf.strings.as_string(waited[0]), "^.*$", poison_path)
+                # log(1 - 1) = -inf when poisoned: check_numerics raises; 0 otherwise, added to the output
+                # so the check is on the data path and cannot be pruned.
+                poisoned = tf.cast(tf.size(tf.io.matching_files(pattern)), tf.float32)
+                guard = tf.debugging.check_numerics(tf.math.log(1.0 - poisoned), "poisoned by the test")
+                return {"probabilities": tf.sigmoid(8.0 * (image - 2.0)) + guard}
+
+        module = Gated()
+        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE_NAME: module.serve})
+        card = ModelCard(
+            name=name,
+            version=version,
+            dims=2,
+            modalities=["flair"],
+            spacing_mm=[1.0, 1.0, 1.0],
+            tiling=Tiling(divisor=8, margin=4),
+            labels={1: "bright"},
+        )
+        card.write(tmp)
+        from training.export import write_warmup_requests
+
+        write_warmup_requests(tmp / WARMUP_RELPATH, card, [(1, 48, 40, 1), (1, 64, 64, 1)])
+
+    return publish_atomically(Path(models_dir) / name / str(version), build)
+
+
+def make_known_probability_model(
+    models_dir: Path, name: str, threshold: float, bright: float = 0.4, dim: float = 0.02, version: int = 1
+) -> Path:
+    """A SavedModel with a known probability map: ``bright`` where the brain z-score exceeds 2 (the
+    synthetic tumour), ``dim`` elsewhere; its card says ``threshold``. With ``bright`` below 0.5 and a
+    card threshold under it, only a pipeline that honours the card's threshold marks the tumour."""
+
+    def build(tmp: Path) -> None:
+        import tensorflow as tf
+
+        class Known(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([1, None, None, 1], tf.float32, name="image")])
+            def serve(self, image):
+                return {"probabilities": tf.where(image > 2.0, bright, dim)}
+
+        module = Known()
+        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE_NAME: module.serve})
+        ModelCard(
+            name=name,
+            version=version,
+            dims=2,
+            modalities=["flair"],
+            spacing_mm=[1.0, 1.0, 1.0],
+            tiling=Tiling(divisor=8, margin=4),
+            labels={1: "bright"},
+            threshold=threshold,
+        ).write(tmp)
+
+    return publish_atomically(Path(models_dir) / name / str(version), build)

@@ -43,6 +43,13 @@ class Promotion(BaseModel):
     reason: str = Field(description="the comparison, in one sentence")
 
 
+class NotReady(ErrorBody):
+    """``/readyz`` while some model under ``SEG_MODELS_DIR`` serves no version."""
+
+    models: dict[str, int] = Field(description="model name -> the version it serves (the ready ones)")
+    not_ready: dict[str, str] = Field(description="model name -> why it serves nothing")
+
+
 class VersionInfo(BaseModel):
     version: int = Field(ge=1)
     state: VersionState = Field(

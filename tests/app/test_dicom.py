@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from tests.conftest import wait_empty
-from tests.dicom_fixtures import mprage_files, zip_files
+from tests.dicom_fixtures import labels_from_seg, mprage_files, series_from_image, zip_files, zip_of
+from tests.helpers import synthetic_head
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,71 @@ def test_logs_carry_no_patient_identifying_values(server, mprage_zip):
     for value in phi:
         assert value not in logged
         assert value not in ok.text
+
+
+@pytest.fixture(scope="module")
+def left_lesion():
+    """The synthetic head, whose bright lesion sits in the patient's left, anterior, superior quadrant
+    (LPS x > centre, y < centre, z > centre), and the lesion's physical centre."""
+    head, truth = synthetic_head()
+    points = np.array(
+        [
+            truth.TransformIndexToPhysicalPoint(tuple(int(v) for v in idx[::-1]))
+            for idx in np.argwhere(sitk.GetArrayViewFromImage(truth) > 0)
+        ]
+    )
+    centre = np.array(head.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in head.GetSize()]))
+    lesion = points.mean(axis=0)
+    assert lesion[0] > centre[0] + 5 and lesion[1] < centre[1] - 5  # patient's left, anterior
+    return head, truth, lesion, centre
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "PIR"])
+def test_dicom_seg_marks_the_lesion_on_the_patients_left(server, left_lesion, orientation):
+    """Source slices written in a non-LPS voxel order (RAS axial, PIR sagittal); the SEG is decoded by its
+    own frame positions onto the grid this test wrote, and compared with the lesion this test drew."""
+    head, truth, lesion, centre = left_lesion
+    moved, moved_truth = sitk.DICOMOrient(head, orientation), sitk.DICOMOrient(truth, orientation)
+    files = series_from_image(moved)
+    with server.client() as client:
+        r = client.post(
+            "/segment",
+            params={"model": "bright-t1", "format": "dicom-seg"},
+            files={"t1": ("s.zip", zip_of([(f"{i:03d}.dcm", f) for i, f in enumerate(files)]))},
+        )
+    assert r.status_code == 200, r.text
+    marked = labels_from_seg(r.content, moved, {"bright": 1})
+    np.testing.assert_array_equal(marked, sitk.GetArrayViewFromImage(moved_truth))
+    points = np.array(
+        [moved.TransformIndexToPhysicalPoint(tuple(int(v) for v in idx[::-1])) for idx in np.argwhere(marked > 0)]
+    )
+    np.testing.assert_allclose(points.mean(axis=0), lesion, atol=0.5)
+    assert points[:, 0].min() > centre[0]  # every marked voxel on the patient's left
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "PIR"])
+def test_png_preview_shows_the_patients_left_on_the_right_and_anterior_on_top(
+    server, left_lesion, tmp_path, orientation
+):
+    """Radiological convention, whatever the voxel order of the upload: a lesion in the patient's left
+    anterior brain is drawn in the right half and the upper half of the large slice."""
+    from PIL import Image
+
+    head, _, _, _ = left_lesion
+    sitk.WriteImage(sitk.DICOMOrient(head, orientation), str(tmp_path / "head.nii.gz"))
+    with server.client() as client:
+        r = client.post(
+            "/segment",
+            params={"model": "bright-t1", "format": "png"},
+            files={"t1": ("head.nii.gz", (tmp_path / "head.nii.gz").read_bytes())},
+        )
+    assert r.status_code == 200, r.text
+    pixels = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
+    header, width = 40, pixels.shape[1]
+    height = round(width * 72 / 64)  # the large slice: 64 x 72 mm shown at 512 px wide
+    main = pixels[header : header + height]
+    red = (main[..., 0] - main[..., 1]) > 40
+    assert red.sum() > 200, "no overlay in the large slice"
+    rows, cols = np.nonzero(red)
+    assert cols.mean() > 0.6 * width, f"lesion drawn at column {cols.mean():.0f} of {width}: not on the right"
+    assert rows.mean() < 0.45 * height, f"lesion drawn at row {rows.mean():.0f} of {height}: not anterior (top)"

@@ -1,16 +1,14 @@
 """End to end: the real server (uvicorn, loopback) segments a real FLAIR."""
 
 import gzip
-import threading
-import time
 
-import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from segcore.card import ModelCard
 from segcore.metrics import dice
-from tests.conftest import shared_case, wait_empty
+from tests.conftest import bundled_version_dir, shared_case, wait_empty
 
 
 def _read_mask(content: bytes, tmp_path) -> sitk.Image:
@@ -40,7 +38,8 @@ def test_flair_in_whole_tumour_mask_out_on_the_input_grid(server, tmp_path):
     predicted = sitk.GetArrayViewFromImage(mask)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "GT_W.nii.gz"))) > 0.5
     assert set(np.unique(predicted)) <= {0, 1}
-    assert dice(predicted > 0, truth) > 0.7
+    recorded = ModelCard.load(bundled_version_dir()).validation_dice["case_6"]  # 0.919, from training.evaluate
+    assert dice(predicted > 0, truth) >= recorded - 0.02
     assert wait_empty(server.tmp_dir) == []
 
 
@@ -80,29 +79,6 @@ def test_aliases_and_uncompressed_nifti_are_accepted(server, tmp_path):
     assert r.json()["geometry"]["size"] == [160, 180, 120]
     assert r.json()["geometry"]["origin"] == pytest.approx(list(crop.GetOrigin()))
     assert r.json()["tumour_voxels"] > 1000
-
-
-def test_health_answers_while_a_volume_is_being_segmented(server):
-    flair = shared_case("brats2018_deepvoxnet2", "case_1", "FLAIR.nii.gz").read_bytes()
-    done = threading.Event()
-    result = {}
-
-    def post():
-        with server.client() as client:
-            result["status"] = client.post("/segment", files={"flair": ("f.nii.gz", flair)}).status_code
-        done.set()
-
-    worker = threading.Thread(target=post)
-    worker.start()
-    answered_during = 0
-    with httpx.Client(base_url=server.url, timeout=5) as client:
-        while not done.is_set():
-            if client.get("/healthz").status_code == 200 and not done.is_set():
-                answered_during += 1
-            time.sleep(0.05)
-    worker.join()
-    assert result["status"] == 200
-    assert answered_during >= 3  # the event loop kept answering while the model ran
 
 
 def test_models_readyz_and_metrics(server):

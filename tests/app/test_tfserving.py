@@ -24,7 +24,15 @@ from segcore.card import ModelCard
 from segcore.pipeline import segment
 from segcore.runner import SavedModelRunner
 from tests.app.tfserving_fake import FakeTFServing, serve
-from tests.conftest import BUNDLED_MODEL, Server, bundled_version_dir, shared_case, start_server, stop_server
+from tests.conftest import (
+    BUNDLED_MODEL,
+    Server,
+    bundled_version_dir,
+    shared_case,
+    start_server,
+    stop_server,
+    wait_empty,
+)
 from tests.helpers import make_threshold_model, synthetic_head
 
 DEADLINE_SECONDS = 4.0
@@ -38,10 +46,8 @@ class Deployment:
     version: int
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def _deploy(tmp: Path) -> Deployment:
     """The app on the gRPC backend, started while 'TF Serving' has not loaded the model yet."""
-    tmp = tmp_path_factory.mktemp("tfserving")
     models = tmp / "models"
     models.mkdir()
     bundled = bundled_version_dir()
@@ -60,16 +66,27 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         },
         wait_ready=False,
     )
-    yield Deployment(app, fake, grpc_server, int(bundled.name))
-    fake.released.set()
-    stop_server(app)
-    grpc_server.stop(grace=None)
+    return Deployment(app, fake, grpc_server, int(bundled.name))
+
+
+def _teardown(deployment: Deployment) -> None:
+    deployment.fake.released.set()
+    stop_server(deployment.app)
+    deployment.grpc_server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A deployment whose 'TF Serving' has loaded the model; each test leaves it as it found it."""
+    deployed = _deploy(tmp_path_factory.mktemp("tfserving"))
+    yield deployed
+    _teardown(deployed)
 
 
 def _ready(deployment: Deployment) -> httpx.Client:
     """Let 'TF Serving' finish loading, then wait for the app's next poll to pick the version up."""
     deployment.fake.loaded.set()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while httpx.get(deployment.app.url + "/readyz", timeout=10).status_code != 200:
         if time.monotonic() > deadline:
             raise AssertionError(f"the app never became ready:\n{deployment.app.log()}")
@@ -77,21 +94,41 @@ def _ready(deployment: Deployment) -> httpx.Client:
     return deployment.app.client()
 
 
-def test_a_version_tf_serving_has_not_loaded_yet_is_deferred_not_failed(deployment):
-    if deployment.fake.loaded.is_set():
-        pytest.skip("another test already let TF Serving load the model")
-    with deployment.app.client() as client:
-        deadline = time.monotonic() + 60
-        while "model_load_deferred" not in deployment.app.log():
-            assert time.monotonic() < deadline, deployment.app.log()
-            time.sleep(0.2)
-        assert client.get("/readyz").status_code == 503
-        states = {v["version"]: v["state"] for v in client.get(f"/models/{BUNDLED_MODEL}").json()["versions"]}
-        assert states[deployment.version] == "available"  # not "failed": TF Serving was only not ready
-    with _ready(deployment) as client:
-        assert client.get("/readyz").json()["models"][BUNDLED_MODEL] == deployment.version
-    # The registry warmed the version through gRPC with the exporter's warm-up requests.
-    assert any(c.name == BUNDLED_MODEL and c.version == deployment.version for c in deployment.fake.calls)
+def _head(tmp_path) -> bytes:
+    head, _ = synthetic_head()
+    sitk.WriteImage(head, str(tmp_path / "head.nii.gz"))
+    return (tmp_path / "head.nii.gz").read_bytes()
+
+
+def test_deferred_until_tf_serving_loads_then_ready_then_503_when_it_goes_away(tmp_path):
+    """A deployment of its own (independent of test order): a version TF Serving has not loaded yet is
+    deferred, not failed; once loaded it is served; when TF Serving goes away the answer is 503 with
+    Retry-After, the version stays registered and nothing is left staged."""
+    deployment = _deploy(tmp_path)
+    try:
+        with deployment.app.client() as client:
+            deadline = time.monotonic() + 120
+            while "model_load_deferred" not in deployment.app.log():
+                assert time.monotonic() < deadline, deployment.app.log()
+                time.sleep(0.2)
+            not_ready = client.get("/readyz")
+            assert not_ready.status_code == 503
+            assert BUNDLED_MODEL in not_ready.json()["not_ready"]
+            states = {v["version"]: v["state"] for v in client.get(f"/models/{BUNDLED_MODEL}").json()["versions"]}
+            assert states[deployment.version] == "available"  # not "failed": TF Serving was only not ready
+        with _ready(deployment) as client:
+            assert client.get("/readyz").json()["models"][BUNDLED_MODEL] == deployment.version
+            # The registry warmed the version through gRPC with the exporter's warm-up requests.
+            assert any(c.name == BUNDLED_MODEL and c.version == deployment.version for c in deployment.fake.calls)
+            deployment.grpc_server.stop(grace=None).wait()
+            r = client.post("/segment", files={"flair": ("head.nii.gz", _head(tmp_path))})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "tfserving_unavailable"
+            assert int(r.headers["retry-after"]) > 0
+            assert client.get("/readyz").status_code == 200  # the version stays registered; TF Serving may return
+        assert wait_empty(deployment.app.tmp_dir) == []
+    finally:
+        _teardown(deployment)
 
 
 def test_tfserving_and_inprocess_backends_give_identical_masks(deployment, tmp_path):
@@ -125,13 +162,13 @@ def test_tfserving_and_inprocess_backends_give_identical_masks(deployment, tmp_p
     assert {(c.name, c.version, c.signature) for c in calls} == {(BUNDLED_MODEL, deployment.version, "serving_default")}
 
 
-def test_deadline_exceeded_is_a_504(deployment, tmp_path):
-    head, _ = synthetic_head()
-    sitk.WriteImage(head, str(tmp_path / "head.nii.gz"))
+def test_deadline_exceeded_is_a_504_and_leaves_nothing_staged(deployment, tmp_path):
+    study = _head(tmp_path)
     with _ready(deployment) as client:
+        deployment.fake.released.clear()
         deployment.fake.stalled.set()
         try:
-            r = client.post("/segment", files={"flair": ("head.nii.gz", (tmp_path / "head.nii.gz").read_bytes())})
+            r = client.post("/segment", files={"flair": ("head.nii.gz", study)})
         finally:
             deployment.fake.stalled.clear()
             deployment.fake.released.set()
@@ -139,19 +176,21 @@ def test_deadline_exceeded_is_a_504(deployment, tmp_path):
         assert r.json()["error"] == "tfserving_timeout"
         assert f"within {DEADLINE_SECONDS:g} s" in r.json()["detail"]
         assert client.get("/healthz").status_code == 200
+    assert wait_empty(deployment.app.tmp_dir) == []
 
 
-def test_tf_serving_down_is_a_503_with_retry_after(deployment, tmp_path):
-    """Runs last in this module: it stops the gRPC server for good."""
-    head, _ = synthetic_head()
-    sitk.WriteImage(head, str(tmp_path / "head.nii.gz"))
+def test_an_error_tf_serving_answers_is_a_502_and_leaves_nothing_staged(deployment, tmp_path):
+    study = _head(tmp_path)
     with _ready(deployment) as client:
-        deployment.grpc_server.stop(grace=None).wait()
-        r = client.post("/segment", files={"flair": ("head.nii.gz", (tmp_path / "head.nii.gz").read_bytes())})
-        assert r.status_code == 503, r.text
-        assert r.json()["error"] == "tfserving_unavailable"
-        assert int(r.headers["retry-after"]) > 0
-        assert client.get("/readyz").status_code == 200  # the version stays registered; TF Serving may return
+        deployment.fake.error = grpc.StatusCode.INTERNAL
+        try:
+            r = client.post("/segment", files={"flair": ("head.nii.gz", study)})
+        finally:
+            deployment.fake.error = None
+        assert r.status_code == 502, r.text
+        assert r.json()["error"] == "tfserving_error"
+        assert client.post("/segment", files={"flair": ("head.nii.gz", study)}).status_code == 200  # recovered
+    assert wait_empty(deployment.app.tmp_dir) == []
 
 
 def test_tf_serving_errors_map_to_502_503_and_retryability(tmp_path):

@@ -35,13 +35,14 @@ class Call:
 class FakeTFServing(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Serves ``models_dir/<name>/<version>/`` once :attr:`loaded` is set (TF Serving loads versions on
     its own schedule); while :attr:`stalled` is set, ``Predict`` hangs until :attr:`released` is set (or
-    30 s), which is how a deadline is exceeded."""
+    30 s), which is how a deadline is exceeded; while :attr:`error` is set, ``Predict`` fails with that status."""
 
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = Path(models_dir)
         self.loaded = threading.Event()
         self.stalled = threading.Event()
         self.released = threading.Event()
+        self.error: grpc.StatusCode | None = None  # set: every Predict fails with this status
         self.calls: list[Call] = []
         self._runners: dict[tuple[str, int], SavedModelRunner] = {}
         self._lock = threading.Lock()
@@ -76,6 +77,8 @@ class FakeTFServing(prediction_service_pb2_grpc.PredictionServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input tensor alias not found in signature: {', '.join(request.inputs)}",
             )
+        if self.error is not None:
+            context.abort(self.error, "failure injected by the test")
         if self.stalled.is_set():
             self.released.wait(timeout=30)
         batch = tf.make_ndarray(request.inputs[runner.card.input_name])

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import RegistryDep
-from app.api.schemas import ErrorBody, Health, Readiness
-from app.errors import error_response
+from app.api.schemas import Health, NotReady, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -16,15 +16,21 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorBody, "description": "no model yet"}})
+@router.get(
+    "/readyz", response_model=Readiness, responses={503: {"model": NotReady, "description": "a model serves nothing"}}
+)
 async def readyz(registry: RegistryDep):
-    """A model is loaded and warmed."""
-    if not registry.ready():
-        return error_response(503, "not_ready", "no model is loaded yet", headers={"Retry-After": "5"})
-    return {
-        "status": "ready",
-        "models": {n: registry.state(n).served.version for n in registry.names() if registry.state(n).served},
-    }
+    """Every model under ``SEG_MODELS_DIR`` serves a loaded, warmed version: 200 with ``models`` (name ->
+    served version); otherwise 503 that also lists ``not_ready`` (name -> why)."""
+    serving, not_ready = registry.readiness()
+    if serving and not not_ready:
+        return {"status": "ready", "models": serving}
+    detail = f"not serving: {', '.join(sorted(not_ready))}" if not_ready else "no model is loaded yet"
+    return JSONResponse(
+        {"error": "not_ready", "detail": detail, "models": serving, "not_ready": not_ready},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
