@@ -21,7 +21,6 @@ from app.service import Answer, Ticket
 from segcore.card import MODALITY_ALIASES, MODALITY_NAMES
 
 router = APIRouter(tags=["segment"])
-log = logging.getLogger("app.api.segment")
 
 # The multipart body is parsed as a stream (app.inputs.uploads), not by FastAPI, so it is described here.
 _FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
