@@ -174,7 +174,9 @@ def brain_overlap(reference: sitk.Image, other: sitk.Image) -> float:
         return 0.0
     other_brain = sitk.GetImageFromArray(brain_mask(sitk.GetArrayViewFromImage(other)).astype(np.uint8))
     other_brain.CopyInformation(other)
-    on_reference = sitk.GetArrayViewFromImage(onto_grid(other_brain, reference, label=True))
+    # A copy, not a view: a view of the temporary resampled image would outlive it (freed memory, read as
+    # garbage: a 0% overlap that refused a good study under load).
+    on_reference = sitk.GetArrayFromImage(onto_grid(other_brain, reference, label=True))
     return float(np.count_nonzero(ref_brain & (on_reference > 0))) / total
 
 
