@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv at the repo root and install the project with the given extras (idempotent: a stamp
 # file per extras set is refreshed only when pyproject.toml changes).
-#   scripts/bootstrap.sh serve          # what `make serve` needs
-#   scripts/bootstrap.sh serve,train,dev  # what `make test` needs
+#   scripts/bootstrap.sh serve,brain          # what `make serve` needs
+#   scripts/bootstrap.sh serve,train,dev,brain  # what `make test` needs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-serve}"
@@ -18,4 +18,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # with tensorflow-cpu, so it is installed without dependencies.
   .venv/bin/python -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.*"
   touch "$stamp"
+fi
+# The skull stripper's networks, converted once from deepbet's TorchScript to OpenVINO (idempotent).
+if [[ ",$extras," == *",brain,"* ]]; then
+  .venv/bin/python -m segcore.preprocess.skullstrip >/dev/null
 fi
