@@ -1,19 +1,26 @@
-"""Preprocessing before the network grid: detection, co-registration, skull stripping, bias correction
-and the plausibility guard. :func:`preprocess` is the one entry point; the card's ``preprocessing``
-(:class:`Preprocessing`) says what a model expects."""
+"""What a model sees: the one preprocessing entry point shared by training conversion and serving.
 
-from segcore.preprocess.chain import Preprocessed, Report, preprocess
+:func:`preprocess` (``model_input``) runs the input stage (``chain``: skull detection and stripping,
+co-registration, bias correction, the plausibility guard's input checks) and then the model grid and
+normalization. The card's ``preprocessing`` (:class:`segcore.card.Preprocessing`) says what a model
+expects; the request's mode (:data:`PreprocessMode`) may switch the input stage off.
+"""
+
+from segcore.preprocess.chain import PreparedInput, Report, prepare_input
+from segcore.preprocess.model_input import Preprocessed, PreprocessSpec, preprocess
 from segcore.preprocess.plausibility import InputWarning, Untrustworthy, result_warnings
-from segcore.preprocess.spec import PREPROCESS_MODES, Preprocessing, PreprocessMode
+from segcore.preprocess.spec import PREPROCESS_MODES, PreprocessMode
 
 __all__ = [
     "PREPROCESS_MODES",
     "InputWarning",
+    "PreparedInput",
     "PreprocessMode",
+    "PreprocessSpec",
     "Preprocessed",
-    "Preprocessing",
     "Report",
     "Untrustworthy",
+    "prepare_input",
     "preprocess",
     "result_warnings",
 ]

@@ -1,4 +1,4 @@
-"""The preprocessing chain between reading a study and the network's grid: one function for all callers.
+"""The input stage of :func:`segcore.preprocess.preprocess`: what a study needs before the model grid.
 
 Order, and why: the first modality (the card's reference) is looked at and, if the card wants a stripped
 brain and the input has a skull, stripped first; its brain mask then confines the registration metric
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from segcore.card import Preprocessing
 from segcore.geometry import onto_grid, same_grid, voxel_volume_ml
 from segcore.preprocess import plausibility
 from segcore.preprocess.bias import n4_correct
@@ -29,7 +30,7 @@ from segcore.preprocess.detection import (
 from segcore.preprocess.plausibility import InputWarning, Untrustworthy
 from segcore.preprocess.registration import already_aligned, register_rigid
 from segcore.preprocess.skullstrip import Networks, extract_brain
-from segcore.preprocess.spec import Preprocessing, PreprocessMode
+from segcore.preprocess.spec import PreprocessMode
 
 #: Below this a brain extraction found no brain (a phantom, a non-head image, a failed extraction).
 MIN_BRAIN_FOUND_ML = 200.0
@@ -60,7 +61,7 @@ class Report:
 
 
 @dataclass
-class Preprocessed:
+class PreparedInput:
     """The card's modalities ready for the model grid, and the brain they were reduced to.
 
     ``images``: by modality; after registration or stripping every one is on the reference modality's
@@ -148,7 +149,7 @@ def _register(
     return out
 
 
-def preprocess(
+def prepare_input(
     images: Mapping[str, sitk.Image],
     spec: Preprocessing,
     modalities: list[str],
@@ -156,7 +157,7 @@ def preprocess(
     *,
     card_name: str = "the model",
     networks: Networks | None = None,
-) -> Preprocessed:
+) -> PreparedInput:
     """Do what the card (``spec``) needs and the input lacks; report it. ``images`` maps the card's
     ``modalities`` (first = reference) to 3D images on their input grids.
 
@@ -193,7 +194,7 @@ def preprocess(
         )
         masks = {m: _brain_on(images[m], brain, reference) for m in modalities}
         report.warnings.extend(plausibility.modality_intensity_warnings(images, masks))
-    return Preprocessed(images=images, brain=brain, report=report)
+    return PreparedInput(images=images, brain=brain, report=report)
 
 
 def _brain_on(image: sitk.Image, brain: sitk.Image | None, reference: sitk.Image) -> np.ndarray:

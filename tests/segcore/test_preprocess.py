@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segcore.preprocess import Preprocessing, Untrustworthy, preprocess
+from segcore.card import Preprocessing
+from segcore.preprocess import Untrustworthy, prepare_input
 from segcore.preprocess.bias import n4_correct
 from segcore.preprocess.detection import looks_skull_stripped
 from segcore.preprocess.plausibility import modality_intensity_warnings, slice_thickness_warnings
@@ -53,7 +54,7 @@ def brats_cases() -> list[dict[str, str]]:
 def test_a_head_with_its_skull_is_detected_and_stripped_to_a_plausible_brain(mprage):
     assert not looks_skull_stripped(mprage).stripped
     spec = Preprocessing(skull_strip=True)
-    result = preprocess({"t1": mprage}, spec, ["t1"], "auto", networks=_networks())
+    result = prepare_input({"t1": mprage}, spec, ["t1"], "auto", networks=_networks())
     assert result.brain is not None and result.brain.GetSize() == mprage.GetSize()
     assert 1000 <= result.report.brain_volume_ml <= 1800, result.report.brain_volume_ml
     codes = [w.code for w in result.report.warnings]
@@ -71,11 +72,11 @@ def test_a_head_with_its_skull_is_detected_and_stripped_to_a_plausible_brain(mpr
 
 def test_the_guard_refuses_a_skull_under_preprocess_none_with_what_to_send(mprage):
     with pytest.raises(Untrustworthy) as refused:
-        preprocess({"t1": mprage}, STRIPPED_MODEL, ["t1"], "none", card_name="brats-x")
+        prepare_input({"t1": mprage}, STRIPPED_MODEL, ["t1"], "none", card_name="brats-x")
     assert refused.value.code == "skull_not_stripped"
     assert "preprocess=auto" in refused.value.detail and "brats-x" in refused.value.detail
     # A card that asks for nothing (an old card) is served as before, skull or not.
-    kept = preprocess({"t1": mprage}, Preprocessing(), ["t1"], "none")
+    kept = prepare_input({"t1": mprage}, Preprocessing(), ["t1"], "none")
     assert kept.images["t1"] is not None and kept.brain is None
 
 
@@ -84,7 +85,7 @@ def test_no_brain_found_is_refused():
     noise = sitk.GetImageFromArray(rng.normal(100, 30, (64, 128, 128)).astype(np.float32))
     noise.SetSpacing((1.5, 1.5, 2.0))
     with pytest.raises(Untrustworthy) as refused:
-        preprocess({"flair": noise}, Preprocessing(skull_strip=True), ["flair"], "auto", networks=_networks())
+        prepare_input({"flair": noise}, Preprocessing(skull_strip=True), ["flair"], "auto", networks=_networks())
     assert refused.value.code == "no_brain_found"
 
 
@@ -94,7 +95,7 @@ def test_every_stripped_brats_case_comes_through_unchanged():
     for case in brats_cases():
         modalities = list(case)
         images = {m: sitk.ReadImage(str(p), sitk.sitkFloat32) for m, p in case.items()}
-        result = preprocess(images, STRIPPED_MODEL, modalities, "auto", networks=None)
+        result = prepare_input(images, STRIPPED_MODEL, modalities, "auto", networks=None)
         assert result.brain is None, case
         for m in modalities:
             assert result.images[m] is images[m], (case, m)
@@ -125,7 +126,7 @@ def test_a_known_misalignment_of_t1c_to_flair_is_recovered_within_2_mm():
         errors.append(np.linalg.norm(np.subtract(result.transform.TransformPoint(p), truth.TransformPoint(p))))
     assert float(np.sqrt(np.mean(np.square(errors)))) < 2.0, np.sqrt(np.mean(np.square(errors)))
     # And the chain reports it, with the registered image on the FLAIR grid.
-    chained = preprocess({"flair": flair, "t1c": moved}, STRIPPED_MODEL, ["flair", "t1c"], "auto")
+    chained = prepare_input({"flair": flair, "t1c": moved}, STRIPPED_MODEL, ["flair", "t1c"], "auto")
     report = chained.report.registration["t1c"]
     assert report["left_alone"] is False and report["displacement_mm"] > 15 and report["value"] < -0.2
     aligned = sitk.GetArrayViewFromImage(chained.images["t1c"])[sitk.GetArrayViewFromImage(brain) > 0]
