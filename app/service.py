@@ -22,6 +22,7 @@ from app.inputs.uploads import UploadedFile
 from app.outputs.formats import OutputFormat, Payload, Rendering
 from app.registry import LoadedModel, ModelRegistry, UnknownModel
 from segcore.pipeline import segment
+from segcore.preprocess import PreprocessMode, Untrustworthy
 
 log = logging.getLogger("app.service")
 
@@ -32,6 +33,7 @@ class Answer:
     mask: sitk.Image
     timings_ms: dict[str, float]
     payload: Payload  # what the format's writer returned: a file, bytes or a JSON-able dict
+    warnings: list[str]  # codes of the plausibility guard's warnings (header X-Input-Warnings)
 
 
 class Limiter:
@@ -79,8 +81,19 @@ class SegmentationService:
             what = f'model "{name}"' + (f" version {version}" if version is not None else "")
             raise ApiError(404, "unknown_model", f"{what} is not loaded; loaded models: {known}") from None
 
-    async def segment(self, model: LoadedModel, files: list[UploadedFile], out_dir: Path, fmt: OutputFormat) -> Answer:
-        """Read, segment and write one study in the format ``fmt`` (a row of ``app.outputs.formats.FORMATS``)."""
+    async def segment(
+        self,
+        model: LoadedModel,
+        files: list[UploadedFile],
+        out_dir: Path,
+        fmt: OutputFormat,
+        preprocess_mode: PreprocessMode = "auto",
+    ) -> Answer:
+        """Read, segment and write one study in the format ``fmt`` (a row of ``app.outputs.formats.FORMATS``).
+
+        ``preprocess_mode`` is the request's ``preprocess`` (auto|none). An input whose answer cannot be
+        trusted is a 422 saying what to send instead; every other doubt travels as ``Answer.warnings``.
+        """
         t0 = time.perf_counter()
         study: Study = await asyncio.to_thread(read_study, files, model.card, self.limits)
         first = model.card.modalities[0]
@@ -94,14 +107,24 @@ class SegmentationService:
         t_queued = time.perf_counter()
         async with self.limiter:
             queue_ms = (time.perf_counter() - t_queued) * 1000  # waiting for a slot: load, not work
-            result = await asyncio.to_thread(segment, study.images, model.runner)
+            try:
+                result = await asyncio.to_thread(
+                    segment, study.images, model.runner, preprocess_mode=preprocess_mode
+                )
+            except Untrustworthy as refused:
+                raise ApiError(422, refused.code, refused.detail) from None
         timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
         telemetry.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
+        for step in result.preprocessing.steps if result.preprocessing else ():
+            telemetry.PREPROCESS_STEP_SECONDS.labels(step["step"]).observe(step["ms"] / 1000)
+        for code in result.warning_codes:
+            telemetry.INPUT_WARNINGS.labels(code).inc()
         series = study.dicom.get(first)
         rendering = Rendering(
             mask=result.mask,
             image=study.images[first],
             datasets=series.datasets if series is not None else None,
+            other_datasets=[s.datasets for m, s in study.dicom.items() if m != first],
             card=model.card,
             timings_ms=timings,
             directory=out_dir,
@@ -114,11 +137,17 @@ class SegmentationService:
             telemetry.STAGE_SECONDS.labels(stage).observe(ms / 1000)
         if payload is None:  # a format that reports the timings, "write" included, is built last
             payload = await asyncio.to_thread(fmt.write, rendering)
+        if isinstance(payload, dict):
+            payload["preprocessing"] = result.preprocessing.as_dict() if result.preprocessing else None
+            payload["warnings"] = [w.as_dict() for w in result.warnings]
+            if study.series is not None:
+                payload["series"] = study.series
         log.info(
-            "segmented model=%s version=%s size=%s %s",
+            "segmented model=%s version=%s size=%s %s warnings=%s",
             model.name,
             model.version,
             "x".join(map(str, result.mask.GetSize())),
             " ".join(f"{k}_ms={v:.0f}" for k, v in timings.items()),
+            ",".join(result.warning_codes) or "none",
         )
-        return Answer(model, result.mask, timings, payload)
+        return Answer(model, result.mask, timings, payload, result.warning_codes)

@@ -109,7 +109,20 @@ def _rank(series: SeriesInfo) -> tuple[int, int]:
     return series.instances, series.number if series.number is not None else -1
 
 
-def select_series(
+def _refuse_ambiguous(modality: str, ranked: list[SeriesInfo]) -> None:
+    """422 ``ambiguous_study`` naming each candidate when more than one series qualifies as ``modality``."""
+    if len(ranked) < 2:
+        return
+    listed = "; ".join(f"{s.label()} ({s.instances} images, SeriesInstanceUID {s.uid})" for s in ranked)
+    raise ApiError(
+        422,
+        "ambiguous_study",
+        f"the study has {len(ranked)} series that qualify as {modality}: {listed}; send the one to use "
+        f'under the field "{modality}" (and each other modality under its own field) instead of "study"',
+    )
+
+
+def select_series(  # noqa: C901  (issue 13's version; its branch predates the C901 rule)
     available: list[SeriesInfo],
     needed: list[str],
     *,
@@ -153,14 +166,8 @@ def select_series(
                 f"a name matching the rule table); series seen: {len(available)}; "
                 + ("; ".join(skipped.values()) or "none")[:800],
             )
-        if refuse_ambiguous and len(ranked) > 1:
-            listed = "; ".join(f"{s.label()} ({s.instances} images, SeriesInstanceUID {s.uid})" for s in ranked)
-            raise ApiError(
-                422,
-                "ambiguous_study",
-                f"the study has {len(ranked)} series that qualify as {modality}: {listed}; send the one to use "
-                f'under the field "{modality}" (and each other modality under its own field) instead of "study"',
-            )
+        if refuse_ambiguous:
+            _refuse_ambiguous(modality, ranked)
         chosen[modality] = ranked[0]
         for other in ranked[1:]:
             skipped.setdefault(other.uid, f"{other.label()}: another {modality} series ranked higher")

@@ -19,6 +19,7 @@ from app.inputs.archives import ArchiveLimits, extract_zip
 from app.inputs.dicom import DicomSeries, read_series
 from app.inputs.nifti import read_nifti
 from app.inputs.sniff import sniff
+from app.inputs.study_archive import read_study_archive, study_upload
 from app.inputs.uploads import UploadedFile
 from segcore.card import MODALITY_ALIASES, MODALITY_NAMES, ModelCard, canonical_modality
 from segcore.geometry import physical_overlap, same_grid
@@ -30,6 +31,7 @@ class Study:
 
     images: dict[str, sitk.Image]
     dicom: dict[str, DicomSeries] = field(default_factory=dict)
+    series: dict[str, dict] | None = None  # a study upload: the series chosen per modality (no patient data)
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,22 @@ def _read_modality(modality: str, uploads: list[UploadedFile], limits: StudyLimi
 
 
 def read_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) -> Study:
-    """Group uploads by modality field, read each, and check the card's modalities are all there.
+    """Group uploads by modality field, read each, and check the card's modalities are all there. A
+    single zip under ``study`` is split into series and mapped onto the modalities by the rule table.
 
     Images of further modalities must overlap the first one physically; the pipeline resamples them
     onto the first one's grid.
     """
+    archive = study_upload(files)
+    if archive is not None:
+        if sniff(archive) != "zip":
+            raise ApiError(415, "unsupported_file", f'"{archive.filename}" under "study" is not a zip of a DICOM study')
+        chosen = read_study_archive(archive, list(card.modalities), limits.archive, limits.max_voxels)
+        study = Study(
+            images={m: s.image for m, s in chosen.series.items()}, dicom=chosen.series, series=chosen.describe()
+        )
+        _check_overlap(study, card)
+        return study
     by_field: dict[str, list[UploadedFile]] = defaultdict(list)
     for upload in files:
         modality = canonical_modality(upload.field)
@@ -91,6 +104,11 @@ def read_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) 
             study.images[modality] = result.image
         else:
             study.images[modality] = result
+    _check_overlap(study, card)
+    return study
+
+
+def _check_overlap(study: Study, card: ModelCard) -> None:
     first = study.images[card.modalities[0]]
     for modality in card.modalities[1:]:
         other = study.images[modality]
@@ -100,4 +118,3 @@ def read_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) 
                 "modalities_do_not_overlap",
                 f'"{modality}" does not overlap "{card.modalities[0]}" in space; they are not the same study',
             )
-    return study

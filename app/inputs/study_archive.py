@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.archives import ArchiveLimits, extract_zip
-from app.dicom import DicomSeries, read_series
 from app.errors import ApiError
+from app.inputs.archives import ArchiveLimits, extract_zip
+from app.inputs.dicom import DicomSeries, read_series
 from app.inputs.series_selection import Selection, describe_files, select_series
-from app.uploads import UploadedFile
+from app.inputs.uploads import UploadedFile
 
 
 @dataclass

@@ -15,6 +15,7 @@ from app.inputs.sniff import UPLOAD_KINDS
 from app.inputs.uploads import receive_files
 from app.outputs.formats import FORMATS
 from segcore.card import MODALITY_ALIASES, MODALITY_NAMES
+from segcore.preprocess import PREPROCESS_MODES
 
 router = APIRouter(tags=["segment"])
 
@@ -33,7 +34,11 @@ _BODY = {
                     + ", ".join(UPLOAD_KINDS)
                     + " (a NIfTI volume, or a DICOM series as several files or one zip)"
                 ),
-                "properties": dict.fromkeys(MODALITY_NAMES, _FILES),
+                "properties": {
+                    **dict.fromkeys(MODALITY_NAMES, _FILES),
+                    "study": {"type": "string", "format": "binary", "description": "a zip of a whole DICOM "
+                              "study; series are mapped onto the model's modalities by the rule table"},
+                },
             }
         }
     },
@@ -60,11 +65,20 @@ async def segment_study(
     ),
     model: str | None = Query(None, description="model name (default: SEG_DEFAULT_MODEL)"),
     version: int | None = Query(None, ge=1, description="model version (default: the served one)"),
+    preprocess: str = Query(
+        "auto",
+        description="auto: register, skull-strip and bias-correct as the model card asks and the input needs "
+        "(detected); none: send the images as they are (a skull is then refused for a model that expects a "
+        "stripped brain)",
+        json_schema_extra={"enum": list(PREPROCESS_MODES)},
+    ),
 ):
     """Segment one study: multipart form, one file field per modality named as in the model card."""
     fmt = FORMATS.get(format)
     if fmt is None:
         raise ApiError(400, "unknown_format", f'format "{format}" is not one of: {", ".join(FORMATS)}')
+    if preprocess not in PREPROCESS_MODES:
+        raise ApiError(400, "unknown_preprocess", f'preprocess "{preprocess}" is not one of: auto, none')
     loaded = service.resolve(model or settings.default_model, version)
     work = tempfile.mkdtemp(prefix="seg-", dir=settings.tmp_dir)
     try:
@@ -75,7 +89,7 @@ async def segment_study(
             Path(work),
             settings.max_upload_bytes,
         )
-        answer = await service.segment(loaded, files, Path(work), fmt)
+        answer = await service.segment(loaded, files, Path(work), fmt, preprocess)  # type: ignore[arg-type]
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -83,6 +97,8 @@ async def segment_study(
         "X-Model-Name": loaded.name,
         "X-Model-Version": str(loaded.version),
         "X-Inference-Ms": f"{answer.timings_ms.get('infer', 0.0):.1f}",
+        # Every format says what to doubt: codes of the JSON "warnings" (README: what each one means).
+        "X-Input-Warnings": ",".join(answer.warnings) or "none",
     }
     if fmt.filename is None:  # the answer is in memory: the staging directory can go now
         shutil.rmtree(work, ignore_errors=True)
