@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Callable
 from functools import lru_cache
@@ -245,7 +246,7 @@ def default_networks() -> Networks:
 def main(argv: list[str] | None = None) -> int:
     """``python -m segcore.preprocess.skullstrip``: convert the networks to OpenVINO at setup time."""
     del argv
-    print(f"deepbet networks converted to OpenVINO in {convert_to_openvino()}")
+    sys.stdout.write(f"deepbet networks converted to OpenVINO in {convert_to_openvino()}\n")
     return 0
 
 
