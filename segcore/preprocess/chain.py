@@ -177,7 +177,9 @@ def prepare_input(
         _refuse_skull(spec, findings, card_name)
     else:
         if spec.skull_strip and not all(f.stripped for f in findings.values()):
-            brain = _strip(reference, networks, report)
+            # A stripped reference already says where the brain is; only a skull needs the network.
+            stripped_reference = findings[modalities[0]].stripped
+            brain = background_mask(reference) if stripped_reference else _strip(reference, networks, report)
         if spec.registration == "rigid" and len(modalities) > 1:
             images = _register(images, modalities, brain, report)
         if brain is not None:
