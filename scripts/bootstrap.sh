@@ -21,5 +21,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 # The skull stripper's networks, converted once from deepbet's TorchScript to OpenVINO (idempotent).
 if [[ ",$extras," == *",brain,"* ]]; then
-  .venv/bin/python -m segcore.preprocess.skullstrip >/dev/null
+  .venv/bin/python -m segcore.preprocess.prepare_networks >/dev/null
 fi

@@ -15,8 +15,10 @@ SimpleITK in place of nibabel, cc3d and fill_voids:
 3. the main network's brain probability is stretched back into that box, thresholded at 0.5, reduced to
    its largest connected component and its holes filled.
 
-The networks run on torch's TorchScript interpreter (:class:`TorchNetworks`) or, converted once per
-process, on OpenVINO (:class:`OpenVinoNetworks`); see the README for the measured difference.
+The networks run on OpenVINO (:func:`openvino_networks`, from IR converted once per machine at setup
+by ``python -m segcore.preprocess.prepare_networks``) or on torch's TorchScript interpreter
+(:func:`torch_networks`); OpenVINO took 24.5 s against torch's 41.9 s for the same mask (Dice 0.999) on
+the real MPRAGE here, and keeps torch out of the serving process.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
-import sys
 import threading
 from collections.abc import Callable
 from functools import lru_cache
@@ -241,14 +242,3 @@ def default_networks() -> Networks:
             if choice == "openvino":
                 raise BrainExtractorUnavailable("SEG_BRAIN_BACKEND=openvino but openvino is not installed") from None
     return torch_networks()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m segcore.preprocess.skullstrip``: convert the networks to OpenVINO at setup time."""
-    del argv
-    sys.stdout.write(f"deepbet networks converted to OpenVINO in {convert_to_openvino()}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
