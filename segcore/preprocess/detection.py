@@ -44,26 +44,26 @@ class StripFinding:
         return f"the non-background region is {self.foreground_ml:.0f} mL, more than a brain"
 
 
-def _face_values(volume: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [
-            volume[0].ravel(), volume[-1].ravel(),
-            volume[:, 0].ravel(), volume[:, -1].ravel(),
-            volume[:, :, 0].ravel(), volume[:, :, -1].ravel(),
-        ]
-    )
+def _face_fraction(volume: np.ndarray, background: float) -> float:
+    """Share of background on the outer faces, over the two best axes: a slab cut through the brain
+    (a partial-coverage stripped series) has brain on the two faces it was cut at, background on the
+    four others; a scanner image has noise or head on all six."""
+    per_axis = []
+    for axis in range(3):
+        faces = np.concatenate([np.take(volume, 0, axis).ravel(), np.take(volume, -1, axis).ravel()])
+        per_axis.append(float(np.mean(faces == background)))
+    return sorted(per_axis)[1]
 
 
 def looks_skull_stripped(image: sitk.Image) -> StripFinding:
     """Decide from the voxels whether ``image`` (any 3D scalar image, any grid) is already stripped.
 
-    Stripped means: at least 90 % of the outer faces hold one exact value, at least 30 % of the volume
-    holds it, and what is left is at most 2.3 L. Cost: one pass over the array (~0.1 s at 240x240x155).
+    Stripped means: at least 90 % of the outer faces of two axes hold one exact value, at least 30 % of
+    the volume holds it, and what is left is at most 2.3 L. Cost: one pass over the array (~0.1 s at 240x240x155).
     """
     volume = sitk.GetArrayViewFromImage(image)
     background = background_value(volume)
-    faces = _face_values(volume)
-    face_fraction = float(np.mean(faces == background))
+    face_fraction = _face_fraction(volume, background)
     foreground = brain_mask(volume)
     foreground_ml = float(foreground.sum()) * voxel_volume_ml(image)
     background_fraction = 1.0 - float(foreground.mean())
