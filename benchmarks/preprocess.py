@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import load_average  # noqa: E402
-from segcore.preprocess import Preprocessing, preprocess  # noqa: E402
+from segcore.card import Preprocessing  # noqa: E402
+from segcore.preprocess import prepare_input  # noqa: E402
 from segcore.preprocess.skullstrip import default_networks  # noqa: E402
 
 MPRAGE = REPO.parent / "shared" / "data" / "dicom" / "siemens_t1_mprage_sagittal" / "t1_MPRAGEcr_noGRAPPA_19"
@@ -63,7 +64,7 @@ def moved_series(head: sitk.Image, degrees: float, shift_mm: tuple, spacing: tup
 
 def run_once(images: dict[str, sitk.Image], spec: Preprocessing) -> dict:
     t0 = time.perf_counter()
-    result = preprocess(images, spec, list(images), "auto")
+    result = prepare_input(images, spec, list(images), "auto")
     total = (time.perf_counter() - t0) * 1000
     return {"total_ms": round(total, 1), "steps": result.report.steps, "registration": result.report.registration,
             "brain_volume_ml": round(result.report.brain_volume_ml or 0, 1),
