@@ -29,7 +29,7 @@ from segcore.preprocess.detection import (
 )
 from segcore.preprocess.plausibility import InputWarning, Untrustworthy
 from segcore.preprocess.registration import already_aligned, register_rigid
-from segcore.preprocess.skullstrip import Networks, extract_brain
+from segcore.preprocess.skullstrip import BrainExtractorUnavailable, Networks, extract_brain
 from segcore.preprocess.spec import PreprocessMode
 
 #: Below this a brain extraction found no brain (a phantom, a non-head image, a failed extraction).
@@ -92,7 +92,13 @@ def _refuse_skull(spec: Preprocessing, findings: dict[str, StripFinding], card_n
 
 def _strip(reference: sitk.Image, networks: Networks | None, report: Report) -> sitk.Image:
     t0 = time.perf_counter()
-    brain = extract_brain(reference, networks)
+    try:
+        brain = extract_brain(reference, networks)
+    except BrainExtractorUnavailable as missing:
+        raise Untrustworthy(
+            "skull_stripper_unavailable",
+            f"the image has a skull and this server cannot remove it ({missing}); send a skull-stripped image",
+        ) from None
     volume = _brain_ml(sitk.GetArrayViewFromImage(brain), brain)
     contrast = brain_contrast(reference, brain) if volume > 0 else 0.0
     report.step("skull_strip", t0, brain_ml=round(volume, 1), contrast=round(contrast, 3))
