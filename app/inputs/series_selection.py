@@ -109,6 +109,18 @@ def _rank(series: SeriesInfo) -> tuple[int, int]:
     return series.instances, series.number if series.number is not None else -1
 
 
+def _candidates(usable: list[SeriesInfo], needed: list[str], skipped: dict[str, str]) -> dict[str, list[SeriesInfo]]:
+    """The usable series whose names match each needed modality; the others are noted in ``skipped``."""
+    candidates: dict[str, list[SeriesInfo]] = {m: [] for m in needed}
+    for series in usable:
+        matched = [m for m in modalities_of(series) if m in candidates]
+        for modality in matched:
+            candidates[modality].append(series)
+        if not matched:
+            skipped[series.uid] = f"{series.label()}: its name matches no needed modality ({', '.join(needed)})"
+    return candidates
+
+
 def _refuse_ambiguous(modality: str, ranked: list[SeriesInfo]) -> None:
     """422 ``ambiguous_study`` naming each candidate when more than one series qualifies as ``modality``."""
     if len(ranked) < 2:
@@ -122,7 +134,7 @@ def _refuse_ambiguous(modality: str, ranked: list[SeriesInfo]) -> None:
     )
 
 
-def select_series(  # noqa: C901  (issue 13's version; its branch predates the C901 rule)
+def select_series(
     available: list[SeriesInfo],
     needed: list[str],
     *,
@@ -147,14 +159,7 @@ def select_series(  # noqa: C901  (issue 13's version; its branch predates the C
             usable.append(series)
     if named and len(needed) == 1 and len(usable) == 1:
         return Selection({needed[0]: usable[0]}, skipped)
-    candidates: dict[str, list[SeriesInfo]] = {m: [] for m in needed}
-    for series in usable:
-        matched = modalities_of(series)
-        for modality in matched:
-            if modality in candidates:
-                candidates[modality].append(series)
-        if not any(m in candidates for m in matched):
-            skipped[series.uid] = f"{series.label()}: its name matches no needed modality ({', '.join(needed)})"
+    candidates = _candidates(usable, needed, skipped)
     chosen = {}
     for modality in needed:
         ranked = sorted(candidates[modality], key=_rank, reverse=True)
