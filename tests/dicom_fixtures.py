@@ -187,7 +187,13 @@ def dicom_refusals(field: str, model: str) -> list[tuple[str, dict, int, str]]:
         ),
         (
             "dicom-inconsistent-size",
-            as_zip([*series[:middle], reencoded(series[middle], Rows=96), *series[middle + 1 :]]),
+            as_zip(
+                [
+                    *series[:middle],
+                    reencoded(series[middle], Rows=96, PixelData=bytes(96 * 64 * 2)),  # pixel data to match
+                    *series[middle + 1 :],
+                ]
+            ),
             422,
             "inconsistent_size",
         ),

@@ -48,12 +48,13 @@ def _is_directory(ds: Dataset) -> bool:
     return MEDIA_STORAGE_DIRECTORY in (sop_class, str(ds.get("SOPClassUID", ""))) or "DirectoryRecordSequence" in ds
 
 
-def _pixel_data_check(ds: Dataset, path: Path, name: str, label: str) -> None:
-    """Refuse (before decoding) pixel data shorter than Rows x Columns x samples x bytes declare, or
-    than the file holds: a decoder would pad the difference with zeros."""
+def _pixel_data_check(ds: Dataset, path: Path, name: str, label: str) -> ApiError | None:
+    """The refusal (before decoding) of pixel data shorter than Rows x Columns x samples x bytes declare,
+    or than the file holds (a decoder would pad the difference with zeros), or None. Returned, not raised:
+    a series whose headers declare too many voxels is refused as too large first (see inspect_series)."""
     element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
     if element is None:
-        raise ApiError(400, "corrupt_file", f'"{name}" in {label} has no pixel data')
+        return ApiError(400, "corrupt_file", f'"{name}" in {label} has no pixel data')
     samples = header_int(ds, "SamplesPerPixel", 1, label)
     bits = header_int(ds, "BitsAllocated", 16, label)
     if samples != 1 or bits not in (8, 16, 32):
@@ -65,19 +66,22 @@ def _pixel_data_check(ds: Dataset, path: Path, name: str, label: str) -> None:
     length = getattr(element, "length", None)
     offset = getattr(element, "value_tell", None)
     if length is None or length == _UNDEFINED_LENGTH:
-        return  # compressed: the decoder checks the frame; its size is within the planned budget
+        return None  # compressed: the decoder checks the frame; its size is within the planned budget
     expected = header_int(ds, "Rows", 0, label) * header_int(ds, "Columns", 0, label) * bits // 8
     if length < expected:
-        raise ApiError(
+        return ApiError(
             400,
             "corrupt_file",
             f'"{name}" in {label} holds {length} bytes of pixel data where its Rows x Columns declare {expected}',
         )
     if offset is not None and offset + length > path.stat().st_size:
-        raise ApiError(400, "corrupt_file", f'"{name}" in {label} is truncated: its pixel data ends early')
+        return ApiError(400, "corrupt_file", f'"{name}" in {label} is truncated: its pixel data ends early')
+    return None
 
 
-def read_headers(files: list[tuple[str, Path]], label: str) -> list[tuple[str, Path, Dataset]]:
+def read_headers(
+    files: list[tuple[str, Path]], label: str, pixel_problems: list[ApiError]
+) -> list[tuple[str, Path, Dataset]]:
     """Parse every file's header (pixel data deferred, then checked and dropped); refuse files that are
     not DICOM. DICOMDIR indexes are skipped; an instance sent twice (same SOP Instance UID) counts once."""
     headers = []
@@ -94,8 +98,11 @@ def read_headers(files: list[tuple[str, Path]], label: str) -> list[tuple[str, P
         if uid and uid in seen:
             continue
         seen.add(uid)
-        _pixel_data_check(ds, path, name, label)
-        del ds["PixelData"]  # kept headers must not pin pixel buffers (nor re-read them)
+        problem = _pixel_data_check(ds, path, name, label)
+        if problem is not None:
+            pixel_problems.append(problem)
+        if "PixelData" in ds:
+            del ds["PixelData"]  # kept headers must not pin pixel buffers (nor re-read them)
         headers.append((name, path, ds))
     if not headers:
         raise ApiError(422, "not_dicom", f"{label} holds no DICOM images")
@@ -134,7 +141,8 @@ def _one_mr_series(headers: list[tuple[str, Path, Dataset]], label: str) -> None
 
 def inspect_series(files: list[tuple[str, Path]], label: str, max_voxels: int) -> InspectedSeries:
     """Validate one DICOM series given as ``(client name, path)`` pairs, from headers only."""
-    headers = read_headers(files, label)
+    pixel_problems: list[ApiError] = []
+    headers = read_headers(files, label, pixel_problems)
     _one_mr_series(headers, label)
     if any(header_int(ds, "NumberOfFrames", 1, label) > 1 for _, _, ds in headers):
         raise ApiError(
@@ -148,6 +156,8 @@ def inspect_series(files: list[tuple[str, Path]], label: str, max_voxels: int) -
     order, grid = stack_order(geometries, label)
     if grid.voxels > max_voxels:
         raise ApiError(422, "image_too_large", f"{label} has {grid.voxels} voxels; the limit is {max_voxels}")
+    if pixel_problems:  # after the size check: headers declaring a huge image are refused as too large
+        raise pixel_problems[0]
     ordered = [headers[i] for i in order]
     return InspectedSeries(
         paths=[path for _, path, _ in ordered],
