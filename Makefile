@@ -8,5 +8,5 @@ test:
 	scripts/test.sh
 
 lint:
-	scripts/bootstrap.sh serve,train,dev
+	scripts/bootstrap.sh serve,train,dev,brain
 	.venv/bin/ruff check .

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -29,7 +30,8 @@ from app.inputs.study import Study, StudyLimits, inspect_study
 from app.inputs.uploads import UploadedFile
 from app.outputs.formats import OutputFormat, Payload, Rendering
 from app.registry import LoadedModel, ModelRegistry, UnknownModel
-from segcore.pipeline import segment
+from segcore.pipeline import Segmentation, segment
+from segcore.preprocess import PreprocessMode, Untrustworthy
 
 log = logging.getLogger("app.service")
 T = TypeVar("T")
@@ -44,6 +46,7 @@ class Answer:
     timings_ms: dict[str, float]
     payload: Payload  # what the (first) format's writer returned: a file, bytes or a JSON-able dict
     payloads: dict[str, Payload] = field(default_factory=dict)  # by format name, when several were asked
+    warnings: list[str] = field(default_factory=list)  # the plausibility guard's codes (X-Input-Warnings)
 
 
 def _busy(detail: str) -> ApiError:
@@ -183,6 +186,7 @@ class SegmentationService:
         ticket: Ticket | None = None,
         *,
         progress: Progress | None = None,
+        preprocess: PreprocessMode = "auto",
     ) -> Answer:
         """Check, read, segment and write one study in the format ``fmt`` (a row of
         ``app.outputs.formats.FORMATS``), or in several at once (a job's answer: one segmentation, every
@@ -192,7 +196,10 @@ class SegmentationService:
         before a slot is taken; voxels are read inside the slot. ``ticket``: the request's admission
         (``/segment``); ``None`` for a job, admitted when submitted, which waits for a slot however long
         the line is. ``progress`` is told each stage as it starts (``read``, ``queue``, ``segment``,
-        ``write``).
+        ``write``). ``preprocess`` is the request's ``preprocess`` (auto|none); the input stage it runs
+        (skull strip, registration, N4) allocates, so it runs inside the slot, with the segmentation. An
+        input whose answer cannot be trusted is a 422 saying what to send instead; every other doubt
+        travels as ``Answer.warnings`` and in each JSON answer.
         """
         stage = progress or (lambda _: None)
         ticket = ticket or Ticket(self.admission, state="checking")
@@ -213,10 +220,15 @@ class SegmentationService:
             study: Study = await run_to_completion(inspected.load)
             read_ms = check_ms + (time.perf_counter() - t_read) * 1000
             stage("segment")
-            result = await run_to_completion(segment, study.images, model.runner)
+            try:
+                result = await run_to_completion(
+                    functools.partial(segment, study.images, model.runner, preprocess_mode=preprocess)
+                )
+            except Untrustworthy as refused:
+                raise ApiError(422, refused.code, refused.detail) from None
             timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
             stage("write")
-            answer = await self._write(model, study, result.mask, timings, out_dir, formats)
+            answer = await self._write(model, study, result, timings, out_dir, formats)
         return answer
 
     @staticmethod
@@ -241,7 +253,7 @@ class SegmentationService:
         self,
         model: LoadedModel,
         study: Study,
-        mask: sitk.Image,
+        result: Segmentation,
         timings: dict[str, float],
         out_dir: Path,
         formats: list[OutputFormat],
@@ -249,11 +261,16 @@ class SegmentationService:
         """Run each format's writer on the mask (the "write" timing included where a format reports it)."""
         first = model.card.modalities[0]
         telemetry.INFERENCE_SECONDS.labels(model.name, str(model.version)).observe(timings["infer"] / 1000)
+        for step in result.preprocessing.steps if result.preprocessing else ():
+            telemetry.PREPROCESS_STEP_SECONDS.labels(step["step"]).observe(step["ms"] / 1000)
+        for code in result.warning_codes:
+            telemetry.INPUT_WARNINGS.labels(code).inc()
         series = study.dicom.get(first)
         rendering = Rendering(
-            mask=mask,
+            mask=result.mask,
             image=study.images[first],
             datasets=series.datasets if series is not None else None,
+            other_datasets=[s.datasets for m, s in study.dicom.items() if m != first],
             card=model.card,
             timings_ms=timings,
             directory=out_dir,
@@ -267,11 +284,18 @@ class SegmentationService:
         for f in formats:  # a format that reports the timings, "write" included, is built last
             if f.reports_timings:
                 payloads[f.name] = await asyncio.to_thread(f.write, rendering)
+        for payload in payloads.values():
+            if isinstance(payload, dict):
+                payload["preprocessing"] = result.preprocessing.as_dict() if result.preprocessing else None
+                payload["warnings"] = [w.as_dict() for w in result.warnings]
+                if study.series is not None:
+                    payload["series"] = study.series
         log.info(
-            "segmented model=%s version=%s size=%s %s",
+            "segmented model=%s version=%s size=%s %s warnings=%s",
             model.name,
             model.version,
-            "x".join(map(str, mask.GetSize())),
+            "x".join(map(str, result.mask.GetSize())),
             " ".join(f"{k}_ms={v:.0f}" for k, v in timings.items()),
+            ",".join(result.warning_codes) or "none",
         )
-        return Answer(model, mask, timings, payloads[formats[0].name], payloads)
+        return Answer(model, result.mask, timings, payloads[formats[0].name], payloads, result.warning_codes)

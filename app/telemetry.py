@@ -17,6 +17,13 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
+PREPROCESS_STEP_SECONDS = Histogram(
+    "seg_preprocess_step_seconds",
+    "Time per step before the network (detect, skull_strip, registration, apply_brain_mask, bias_correction)",
+    ["step"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+INPUT_WARNINGS = Counter("seg_input_warnings_total", "Warnings given with answers, by code", ["code"])
 QUEUE_DEPTH = Gauge("seg_queue_depth", "Requests waiting for an inference slot")
 IN_FLIGHT = Gauge("seg_inferences_in_flight", "Studies being segmented now")
 SERVED_VERSION = Gauge("seg_model_served_version", "Version served by default, per model", ["model"])

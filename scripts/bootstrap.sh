@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv at the repo root and install the project with the given extras (idempotent: a stamp
 # file per extras set is refreshed only when pyproject.toml changes).
-#   scripts/bootstrap.sh serve          # what `make serve` needs
-#   scripts/bootstrap.sh serve,train,dev  # what `make test` needs
-# The serve extra also fetches NiiVue for the page at GET / (scripts/install_niivue.py).
+#   scripts/bootstrap.sh serve,brain          # what `make serve` needs
+#   scripts/bootstrap.sh serve,train,dev,brain  # what `make test` needs
+# The serve extra also fetches NiiVue for the page at GET / (scripts/install_niivue.py); the brain extra
+# converts the skull stripper's networks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-serve}"
@@ -23,4 +24,8 @@ fi
 # The viewer page's JavaScript library (NiiVue), pinned and hash-checked, into app/web/vendor/ (own stamp).
 if [[ ",${extras}," == *",serve,"* ]]; then
   .venv/bin/python scripts/install_niivue.py
+fi
+# The skull stripper's networks, converted once from deepbet's TorchScript to OpenVINO (idempotent).
+if [[ ",${extras}," == *",brain,"* ]]; then
+  .venv/bin/python -m segcore.preprocess.prepare_networks >/dev/null
 fi

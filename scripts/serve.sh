@@ -3,5 +3,5 @@
 # Settings come from SEG_* environment variables (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh serve
+scripts/bootstrap.sh serve,brain
 exec .venv/bin/python -m app "$@"

@@ -3,7 +3,7 @@
 # collected") is an error here: an empty selection must never pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh serve,train,dev || exit 1
+scripts/bootstrap.sh serve,train,dev,brain || exit 1
 # Horovod (CPU, Gloo) is built from source against the installed TensorFlow; a stamp makes reruns free.
 scripts/install_horovod.sh || exit 1
 # TensorFlow at the release of compose's TF Serving image, for tests/deploy/test_tfserving_version.py.

@@ -117,6 +117,32 @@ class ThreadSettings(BaseModel):
     onednn: bool | None = None
 
 
+class Preprocessing(BaseModel):
+    """The input a model was trained on, and therefore expects.
+
+    - ``registration``: ``rigid`` = every modality after the first is co-registered to the first
+      (6 degrees of freedom, Mattes mutual information, multi-resolution); ``none`` = the modalities are
+      only resampled onto the first one's grid through physical space (today's behaviour).
+    - ``skull_strip``: the model saw skull-stripped brains (background 0 outside the brain). A head with
+      its skull is stripped under ``preprocess=auto`` and refused under ``preprocess=none``.
+    - ``bias_correction``: ``n4`` = N4 bias-field correction of every modality (estimated on a shrunk
+      image, applied at full resolution); ``none`` = intensities are used as given.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    registration: Literal["none", "rigid"] = "none"
+    skull_strip: bool = False
+    bias_correction: Literal["none", "n4"] = "none"
+    min_brain_ml: float = Field(800.0, gt=0, description="below this brain volume a warning is given (adult)")
+    max_brain_ml: float = Field(2100.0, gt=0, description="above this brain volume a warning is given (adult)")
+
+    @property
+    def anything(self) -> bool:
+        """True if the card asks for any step at all (an old card asks for none)."""
+        return self.registration != "none" or self.skull_strip or self.bias_correction != "none"
+
+
 class ModelCard(BaseModel):
     """Schema of ``assets.extra/model_card.json``; see DESIGN §2."""
 
@@ -139,6 +165,11 @@ class ModelCard(BaseModel):
     provenance: Provenance = Provenance()
     validation_dice: dict[str, float] = {}
     threads: ThreadSettings = ThreadSettings()
+    preprocessing: Preprocessing = Field(
+        default_factory=Preprocessing,
+        description="what the model expects before the network (registration, skull stripping, bias correction); "
+        "a card without it asks for nothing and is served as before",
+    )
     description: str = ""
 
     @model_validator(mode="after")

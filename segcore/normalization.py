@@ -40,16 +40,22 @@ def brain_mask(volume: np.ndarray) -> np.ndarray:
     return np.abs(volume - bg) > _BACKGROUND_TOLERANCE * scale
 
 
-def zscore_brain(channels: np.ndarray, clip: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
-    """Z-score each channel over the union brain mask; background set to 0.
+def zscore_brain(
+    channels: np.ndarray, clip: float = 5.0, brain: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Z-score each channel over the brain; background set to 0.
 
-    ``channels``: float array ``[C, Z, Y, X]``. Returns ``(normalized float32 [C, Z, Y, X], mask bool
-    [Z, Y, X])``. Statistics are accumulated in float64 scalars only; no float64 copy of the volume.
+    ``channels``: float array ``[C, Z, Y, X]``. ``brain``: bool ``[Z, Y, X]`` from a brain extraction
+    (segcore.preprocess), or None for the union of the channels' outer-face heuristic masks. Returns
+    ``(normalized float32 [C, Z, Y, X], mask bool [Z, Y, X])``. Statistics are accumulated in float64
+    scalars only; no float64 copy of the volume.
     """
     if channels.ndim != 4:
         raise ValueError(f"expected channels as [C, Z, Y, X], not shape {channels.shape}")
-    mask = np.zeros(channels.shape[1:], dtype=bool)
-    for channel in channels:
+    if brain is not None and brain.shape != channels.shape[1:]:
+        raise ValueError(f"brain mask shape {brain.shape} differs from the channels' {channels.shape[1:]}")
+    mask = np.zeros(channels.shape[1:], dtype=bool) if brain is None else brain.astype(bool, copy=True)
+    for channel in channels if brain is None else ():
         mask |= brain_mask(channel)
     out = np.zeros(channels.shape, dtype=np.float32)
     if not mask.any():

@@ -14,7 +14,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from segcore.card import Activation, Labels, Modality, ModelName, Normalization, Orientation, Spacing, Threshold
+from segcore.card import (
+    Activation,
+    Labels,
+    Modality,
+    ModelName,
+    Normalization,
+    Orientation,
+    Preprocessing,
+    Spacing,
+    Threshold,
+)
 from segcore.preprocess import PreprocessSpec
 
 
@@ -96,6 +106,9 @@ class TrainConfig(BaseModel):
     spacing_mm: Spacing = [1.0, 1.0, 1.0]
     threshold: Threshold = 0.5
     normalization: Normalization = Normalization()
+    # What the input stage does before the grid (skull stripping, registration, N4), for conversion and,
+    # through the card, for serving. The bundled models' BraTS inputs were already stripped and aligned.
+    preprocessing: Preprocessing = Preprocessing()
     data: DataConfig
     network: NetworkConfig = NetworkConfig()
     optim: OptimConfig = OptimConfig()
@@ -137,6 +150,7 @@ class TrainConfig(BaseModel):
             orientation=self.orientation,
             spacing_mm=self.spacing_mm,
             normalization=self.normalization,
+            preprocessing=self.preprocessing,
         )
 
     def shard_spec(self) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from segcore.card import Normalization
+from segcore.card import Normalization, Preprocessing
 from segcore.geometry import onto_grid
 from segcore.preprocess import PreprocessSpec, preprocess
 from training.config import TrainConfig
@@ -28,15 +28,27 @@ from training.datasets import TARGETS, Case, discover
 
 
 def convert_case(
-    case: Case, modalities: list[str], orientation: str, spacing_mm: list[float], target: str, clip: float = 5.0
+    case: Case,
+    modalities: list[str],
+    orientation: str,
+    spacing_mm: list[float],
+    target: str,
+    clip: float = 5.0,
+    preprocessing: Preprocessing | None = None,
 ) -> dict[str, np.ndarray]:
-    """One case as a shard: the images through ``segcore.preprocess`` (what serving does), the label through
-    the same reorientation and then nearest neighbour onto the model grid, recoded for ``target``."""
+    """One case as a shard: the images through ``segcore.preprocess`` (what serving does, with the card's
+    ``preprocessing`` in mode auto: the input stage keeps the first modality's grid, so the label stays
+    aligned), the label through the same reorientation and then nearest neighbour onto the model grid,
+    recoded for ``target``."""
     spec = PreprocessSpec(
-        modalities=modalities, orientation=orientation, spacing_mm=spacing_mm, normalization=Normalization(clip=clip)
+        modalities=modalities,
+        orientation=orientation,
+        spacing_mm=spacing_mm,
+        normalization=Normalization(clip=clip),
+        preprocessing=preprocessing or Preprocessing(),
     )
     images = {m: sitk.ReadImage(str(case.files[m]), sitk.sitkFloat32) for m in modalities}
-    prepared = preprocess(images, spec)
+    prepared = preprocess(images, spec, "auto", card_name="training")
     channels, brain, reference = prepared.channels, prepared.brain, prepared.reference
     label_img = sitk.ReadImage(str(case.label), sitk.sitkFloat32)
     # Labels go through the same reorientation, then nearest-neighbour onto the model grid.
@@ -95,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     index = []
     for case in tqdm(cases, desc="convert", unit="case"):
         shard = convert_case(
-            case, modalities, spec["orientation"], spec["spacing_mm"], spec["target"], spec["normalization"]["clip"]
+            case,
+            modalities,
+            spec["orientation"],
+            spec["spacing_mm"],
+            spec["target"],
+            spec["normalization"]["clip"],
+            Preprocessing.model_validate(spec.get("preprocessing") or {}),
         )
         path = args.out / f"{case.case_id}.npz"
         tmp = path.with_suffix(".tmp.npz")

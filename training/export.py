@@ -91,6 +91,7 @@ def model_card(config: TrainConfig, summary: dict, version: int | None = None) -
             mirror=config.inference.mirror,
         ),
         normalization=config.normalization,
+        preprocessing=config.preprocessing,
         labels=config.labels,
         activation=config.activation,
         threshold=config.threshold,

@@ -121,6 +121,15 @@ class SegmentationSummary(BaseModel):
     bounding_box: list[list[int]] | None = Field(description="inclusive [start, stop] per axis, ITK order (x, y, z)")
     geometry: Geometry
     timings_ms: dict[str, float]
+    preprocessing: dict | None = Field(
+        None, description="steps run before the network (ms each), registration metric per modality, brain mL"
+    )
+    warnings: list[dict[str, str]] = Field(
+        default_factory=list, description="what to doubt: {code, detail}; the codes also in X-Input-Warnings"
+    )
+    series: dict[str, dict] | None = Field(
+        None, description="a study upload: the series chosen per modality (number, description, UID)"
+    )
 
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]

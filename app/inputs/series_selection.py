@@ -121,13 +121,33 @@ def _candidates(usable: list[SeriesInfo], needed: list[str], skipped: dict[str, 
     return candidates
 
 
+def _refuse_ambiguous(modality: str, ranked: list[SeriesInfo]) -> None:
+    """422 ``ambiguous_study`` naming each candidate when more than one series qualifies as ``modality``."""
+    if len(ranked) < 2:
+        return
+    listed = "; ".join(f"{s.label()} ({s.instances} images, SeriesInstanceUID {s.uid})" for s in ranked)
+    raise ApiError(
+        422,
+        "ambiguous_study",
+        f"the study has {len(ranked)} series that qualify as {modality}: {listed}; send the one to use "
+        f'under the field "{modality}" (and each other modality under its own field) instead of "study"',
+    )
+
+
 def select_series(
-    available: list[SeriesInfo], needed: list[str], *, named: bool = False, min_slices: int = MIN_SLICES
+    available: list[SeriesInfo],
+    needed: list[str],
+    *,
+    named: bool = False,
+    min_slices: int = MIN_SLICES,
+    refuse_ambiguous: bool = False,
 ) -> Selection:
     """One series per modality in ``needed`` (the model card's order), or 422 ``series_not_found``.
 
     ``named``: the caller chose ``available`` explicitly; with a one-modality model a single usable
-    series is taken whatever its name.
+    series is taken whatever its name. ``refuse_ambiguous``: several qualifying series for one modality
+    are a 422 ``ambiguous_study`` naming each (number, description, SeriesInstanceUID) instead of the
+    ranking below; the study upload uses it, since its sender can resend the chosen series by field.
     """
     skipped: dict[str, str] = {}
     usable: list[SeriesInfo] = []
@@ -151,6 +171,8 @@ def select_series(
                 f"a name matching the rule table); series seen: {len(available)}; "
                 + ("; ".join(skipped.values()) or "none")[:800],
             )
+        if refuse_ambiguous:
+            _refuse_ambiguous(modality, ranked)
         chosen[modality] = ranked[0]
         for other in ranked[1:]:
             skipped.setdefault(other.uid, f"{other.label()}: another {modality} series ranked higher")

@@ -23,6 +23,7 @@ from app.inputs.dicom import DicomSeries, InspectedSeries, inspect_series
 from app.inputs.geometry import HeaderGrid
 from app.inputs.nifti import InspectedNifti, inspect_nifti
 from app.inputs.sniff import sniff
+from app.inputs.study_archive import inspect_study_archive, study_upload
 from app.inputs.uploads import UploadedFile
 from segcore.card import MODALITY_ALIASES, MODALITY_NAMES, ModelCard, canonical_modality
 from segcore.geometry import model_grid_size, onto_grid
@@ -36,6 +37,7 @@ class Study:
 
     images: dict[str, sitk.Image]
     dicom: dict[str, DicomSeries] = field(default_factory=dict)
+    series: dict[str, dict] | None = None  # a study upload: the series chosen per modality (no patient data)
 
 
 @dataclass(frozen=True)
@@ -124,13 +126,14 @@ class InspectedStudy:
     card: ModelCard
     modalities: dict[str, Inspected]
     limits: StudyLimits
+    series: dict[str, dict] | None = None  # a study upload: the series chosen per modality
 
     def datasets(self, modality: str):
         item = self.modalities[modality]
         return item.datasets if isinstance(item, InspectedSeries) else None
 
     def load(self) -> Study:
-        study = Study(images={})
+        study = Study(images={}, series=self.series)
         for modality in self.card.modalities:
             item = self.modalities[modality]
             if isinstance(item, InspectedSeries):
@@ -144,7 +147,17 @@ class InspectedStudy:
 
 def inspect_study(files: list[UploadedFile], card: ModelCard, limits: StudyLimits) -> InspectedStudy:
     """Group uploads by modality field, check each from its headers, check the card's modalities are
-    all there and from one patient and study, and plan the memory the request needs."""
+    all there and from one patient and study, and plan the memory the request needs. A single zip
+    under ``study`` is split into series and mapped onto the modalities by the rule table instead."""
+    archive = study_upload(files)
+    if archive is not None:
+        if sniff(archive) != "zip":
+            raise ApiError(415, "unsupported_file", f'"{archive.filename}" under "study" is not a zip of a DICOM study')
+        chosen = inspect_study_archive(archive, list(card.modalities), limits.archive, limits.max_voxels)
+        inspected: dict[str, Inspected] = dict(chosen.series)
+        _check_same_patient(inspected, card)
+        _check_memory({m: i.grid for m, i in inspected.items()}, card, limits)
+        return InspectedStudy(card, inspected, limits, series=chosen.describe())
     by_field: dict[str, list[UploadedFile]] = defaultdict(list)
     for upload in files:
         modality = canonical_modality(upload.field)

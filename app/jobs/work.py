@@ -45,11 +45,13 @@ async def _segment(
     formats: tuple[str, ...],
 ) -> Path | None:
     """Segment through the service into the job's folder and record each result as a file; the DICOM
-    SEG's path. Formats the input cannot give (a DICOM SEG of a NIfTI input) are left out."""
+    SEG's path. Formats the input cannot give (a DICOM SEG of a NIfTI input) are left out. The input
+    warnings' codes go into the job's ``outcome`` (the JSON result has them with their sentences)."""
     out = ctx.folder / "result"
     out.mkdir(exist_ok=True)
     asked = [FORMATS[name] for name in formats]
     answer = await service.segment(model, files, out, asked, progress=ctx.enter)
+    ctx.set_outcome(warnings=answer.warnings)  # the guard's codes; details in the JSON result
     seg_path = None
     for name, payload in answer.payloads.items():
         if isinstance(payload, Path):

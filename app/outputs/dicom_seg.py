@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,18 @@ def _property_codes(label_name: str):
 
 
 def write_dicom_seg(
-    mask: sitk.Image, datasets: list[Dataset], card: ModelCard, directory: Path, software_version: str
+    mask: sitk.Image,
+    datasets: list[Dataset],
+    card: ModelCard,
+    directory: Path,
+    software_version: str,
+    other_series: Sequence[list[Dataset]] = (),
 ) -> Path:
     """A DICOM Segmentation (highdicom) referencing the source series it was computed on.
+
+    ``other_series``: the headers of the further modalities' series the model also read (a FLAIR + T1c
+    model); each is added to the Common Instance Reference module's ReferencedSeriesSequence, so a
+    reader sees every series the result depends on, while the frames are derived from ``datasets``.
 
     ``mask`` must be on the series' own grid (it is: the pipeline maps masks back onto the input), and
     its z index order is the order of ``datasets`` (the series' headers, as
@@ -45,9 +55,31 @@ def write_dicom_seg(
     for number, value in enumerate(values, start=1):
         segments[array == value] = number
     seg = _segmentation(datasets, segments, card, software_version)
+    _reference_series(seg, datasets, other_series)
     path = directory / "mask.seg.dcm"
     seg.save_as(path)
     return path
+
+
+def _reference_series(seg: Dataset, datasets: list[Dataset], other_series: Sequence[list[Dataset]]) -> None:
+    """Append every further series of the same study to ``seg.ReferencedSeriesSequence``."""
+    known = {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])}
+    study_uid = str(datasets[0].StudyInstanceUID) if datasets else None
+    for series in other_series:
+        if not series or str(series[0].SeriesInstanceUID) in known or str(series[0].StudyInstanceUID) != study_uid:
+            continue
+        item = Dataset()
+        item.SeriesInstanceUID = series[0].SeriesInstanceUID
+        instances = []
+        for ds in series:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = ds.SOPClassUID
+            ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+            instances.append(ref)
+        item.ReferencedInstanceSequence = instances
+        seg.ReferencedSeriesSequence.append(item)
+        known.add(str(item.SeriesInstanceUID))
+
 
 
 def _segmentation(datasets: list[Dataset], segments: np.ndarray, card: ModelCard, software_version: str):

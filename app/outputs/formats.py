@@ -7,7 +7,7 @@ A new format is a writer module in this folder and one row in :data:`FORMATS`; n
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -35,6 +35,7 @@ class Rendering:
     timings_ms: dict[str, float]
     directory: Path
     software_version: str
+    other_datasets: list[list[Dataset]] = field(default_factory=list)  # further modalities' DICOM series
 
 
 Payload = Path | bytes | dict
@@ -82,7 +83,9 @@ FORMATS: dict[str, OutputFormat] = {
             "dicom-seg",
             "a DICOM Segmentation referencing the source series (DICOM inputs only)",
             "application/dicom",
-            lambda r: write_dicom_seg(r.mask, r.datasets or [], r.card, r.directory, r.software_version),
+            lambda r: write_dicom_seg(
+                r.mask, r.datasets or [], r.card, r.directory, r.software_version, r.other_datasets
+            ),
             filename="mask.seg.dcm",
             needs_dicom=True,
             precheck=prepare_sources,

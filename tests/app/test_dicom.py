@@ -131,7 +131,7 @@ def test_logs_carry_no_patient_identifying_values(server, mprage_zip):
     phi = [v for v in phi if len(v) >= 4]
     assert "Rorden" in " ".join(phi)  # the test is only meaningful if the series carries these values
     before = len(server.log())
-    with server.client() as client:
+    with server.client(timeout=600) as client:  # the bundled model skull-strips this head first
         ok = client.post(
             "/segment", params={"model": "bright-t1", "format": "json"}, files={"t1": ("s.zip", mprage_zip)}
         )

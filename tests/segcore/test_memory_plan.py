@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segcore.card import ModelCard
+from segcore.card import ModelCard, Preprocessing
 from segcore.geometry import model_grid_size, to_model_grid
-from segcore.pipeline import peak_bytes
+from segcore.pipeline import input_stage_bytes, peak_bytes
 
 
 def _rotation(degrees: float, axis: int) -> np.ndarray:
@@ -48,3 +48,13 @@ def test_the_peak_estimate_grows_with_what_the_pipeline_allocates():
     assert base >= 10**6 * (4 + 4 + 4)  # at least the input, the model-grid image and the probabilities
     assert peak_bytes([10**6], 8 * 10**6, card) > 5 * base  # 8x the model grid: much more
     assert peak_bytes([10**6, 10**6], 10**6, pair) > base  # a second channel costs
+
+
+def test_the_peak_estimate_counts_the_input_stage_the_card_asks_for():
+    card = ModelCard(name="m", version=1, dims=2, modalities=["flair"], spacing_mm=[1, 1, 1], labels={1: "t"})
+    stripped = card.model_copy(update={"preprocessing": Preprocessing(skull_strip=True, registration="rigid")})
+    assert input_stage_bytes([10**6], card) == 0  # an old card asks for nothing: nothing is planned
+    assert input_stage_bytes([10**6], stripped) >= 10**6 * (4 + 4)  # a float32 copy and the stripper's input
+    assert peak_bytes([10**6], 10**6, stripped) == peak_bytes([10**6], 10**6, card) + input_stage_bytes(
+        [10**6], stripped
+    )

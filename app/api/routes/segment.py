@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -19,6 +19,7 @@ from app.inputs.uploads import receive_files
 from app.outputs.formats import FORMATS
 from app.service import Answer, Ticket
 from segcore.card import MODALITY_ALIASES, MODALITY_NAMES
+from segcore.preprocess import PREPROCESS_MODES, PreprocessMode
 
 router = APIRouter(tags=["segment"])
 
@@ -37,7 +38,11 @@ _BODY = {
                     + ", ".join(UPLOAD_KINDS)
                     + " (a NIfTI volume, or a DICOM series as several files or one zip)"
                 ),
-                "properties": dict.fromkeys(MODALITY_NAMES, _FILES),
+                "properties": {
+                    **dict.fromkeys(MODALITY_NAMES, _FILES),
+                    "study": {"type": "string", "format": "binary", "description": "a zip of a whole DICOM "
+                              "study; series are mapped onto the model's modalities by the rule table"},
+                },
             }
         }
     },
@@ -90,6 +95,13 @@ async def segment_study(
     ),
     model: str | None = Query(None, description="model name (default: SEG_DEFAULT_MODEL)"),
     version: int | None = Query(None, ge=1, description="model version (default: the served one)"),
+    preprocess: str = Query(
+        "auto",
+        description="auto: register, skull-strip and bias-correct as the model card asks and the input needs "
+        "(detected); none: send the images as they are (a skull is then refused for a model that expects a "
+        "stripped brain)",
+        json_schema_extra={"enum": list(PREPROCESS_MODES)},
+    ),
 ):
     """Segment one study: multipart form, one file field per modality named as in the model card.
 
@@ -97,6 +109,8 @@ async def segment_study(
     fmt = FORMATS.get(format)
     if fmt is None:
         raise ApiError(400, "unknown_format", f'format "{format}" is not one of: {", ".join(FORMATS)}')
+    if preprocess not in PREPROCESS_MODES:
+        raise ApiError(400, "unknown_preprocess", f'preprocess "{preprocess}" is not one of: auto, none')
     loaded = service.resolve(model or settings.default_model, version)
     with service.admission.ticket() as ticket:
         work = new_staging_dir(settings.tmp_dir)
@@ -110,7 +124,10 @@ async def segment_study(
                 settings.body_timeout_seconds,
             )
             ticket.uploaded()
-            answer = await _unless_client_leaves(request, ticket, service.segment(loaded, files, work, fmt, ticket))
+            mode = cast(PreprocessMode, preprocess)  # checked against PREPROCESS_MODES above
+            answer = await _unless_client_leaves(
+                request, ticket, service.segment(loaded, files, work, fmt, ticket, preprocess=mode)
+            )
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -118,6 +135,8 @@ async def segment_study(
         "X-Model-Name": loaded.name,
         "X-Model-Version": str(loaded.version),
         "X-Inference-Ms": f"{answer.timings_ms.get('infer', 0.0):.1f}",
+        # Every format says what to doubt: codes of the JSON "warnings" (README: what each one means).
+        "X-Input-Warnings": ",".join(answer.warnings) or "none",
     }
     if fmt.filename is None:  # the answer is in memory: the staging directory can go now
         shutil.rmtree(work, ignore_errors=True)
