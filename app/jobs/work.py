@@ -32,6 +32,7 @@ from app.pacs.dicomweb import PacsClient
 from app.pacs.listener import Destination, ReceivedStudy, check_received, send_c_store
 from app.registry import LoadedModel
 from app.service import SegmentationService
+from segcore.preprocess import PreprocessMode
 
 UPLOAD_FORMATS = tuple(FORMATS)  # every format /segment offers; the service drops what the input cannot give
 PACS_FORMATS = ("dicom-seg", "nifti", "json")
@@ -43,6 +44,7 @@ async def _segment(
     model: LoadedModel,
     files: list[UploadedFile],
     formats: tuple[str, ...],
+    preprocess: PreprocessMode = "auto",
 ) -> Path | None:
     """Segment through the service into the job's folder and record each result as a file; the DICOM
     SEG's path. Formats the input cannot give (a DICOM SEG of a NIfTI input) are left out. The input
@@ -50,7 +52,7 @@ async def _segment(
     out = ctx.folder / "result"
     out.mkdir(exist_ok=True)
     asked = [FORMATS[name] for name in formats]
-    answer = await service.segment(model, files, out, asked, progress=ctx.enter)
+    answer = await service.segment(model, files, out, asked, progress=ctx.enter, preprocess=preprocess)
     ctx.set_outcome(warnings=answer.warnings)  # the guard's codes; details in the JSON result
     seg_path = None
     for name, payload in answer.payloads.items():
@@ -64,9 +66,11 @@ async def _segment(
     return seg_path
 
 
-def upload_work(service: SegmentationService, model: LoadedModel, files: list[UploadedFile]) -> Work:
+def upload_work(
+    service: SegmentationService, model: LoadedModel, files: list[UploadedFile], preprocess: PreprocessMode = "auto"
+) -> Work:
     async def work(ctx: JobContext) -> None:
-        await _segment(ctx, service, model, files, UPLOAD_FORMATS)
+        await _segment(ctx, service, model, files, UPLOAD_FORMATS, preprocess)
         shutil.rmtree(ctx.folder / "input", ignore_errors=True)
 
     return work

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from segcore.metrics import dice
 from tests.conftest import shared_case
 from tests.dicom_fixtures import mprage_files, zip_files
+from tests.jobs.test_jobs_api import wait
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,20 @@ def test_a_head_with_its_skull_under_preprocess_none_is_refused_saying_what_to_s
         bad = client.post("/segment", params={"preprocess": "maybe"}, files={"flair": ("head.zip", mprage_zip)})
         assert bad.status_code == 400 and bad.json()["error"] == "unknown_preprocess"
     assert "Rorden" not in server.log()
+
+
+def test_a_job_takes_the_preprocess_parameter_of_segment(server, mprage_zip):
+    """POST /jobs accepts exactly what /segment accepts: preprocess=none on a head with its skull fails
+    the job with the sentence /segment gives; an unknown mode is refused at submission."""
+    with server.client() as client:
+        sync = client.post("/segment", params={"preprocess": "none"}, files={"flair": ("head.zip", mprage_zip)})
+        r = client.post("/jobs", params={"preprocess": "none"}, files={"flair": ("head.zip", mprage_zip)})
+        assert r.status_code == 202, r.text
+        job = wait(client, r.headers["location"])
+        bad = client.post("/jobs", params={"preprocess": "maybe"}, files={"flair": ("head.zip", mprage_zip)})
+    assert sync.status_code == 422
+    assert job["state"] == "failed" and job["error"] == sync.json()
+    assert bad.status_code == 400 and bad.json()["error"] == "unknown_preprocess"
 
 
 def test_a_head_with_its_skull_under_auto_is_stripped_and_says_so(server, mprage_zip):

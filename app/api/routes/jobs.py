@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from app.api.deps import JobsDep, ServiceDep, SettingsDep
 from app.api.routes.segment import _BODY as SEGMENT_FORM  # the same multipart form as /segment
+from app.api.routes.segment import PreprocessDep
 from app.api.schemas import ErrorBody, JobAccepted, JobList, JobRecord
 from app.errors import ApiError
 from app.inputs.uploads import receive_files
@@ -53,12 +54,14 @@ async def submit_job(
     service: ServiceDep,
     settings: SettingsDep,
     jobs: JobsDep,
+    preprocess: PreprocessDep,
     model: str | None = Query(None, description="model name (default: SEG_DEFAULT_MODEL)"),
     version: int | None = Query(None, ge=1, description="model version (default: the served one)"),
 ):
-    """Start segmenting one study: the multipart form of ``/segment``. 202 + ``Location``."""
+    """Start segmenting one study: the multipart form and the ``preprocess`` parameter of ``/segment``.
+    202 + ``Location``."""
     loaded = service.resolve(model or settings.default_model, version)
-    job = jobs.create("upload", loaded.name, loaded.version, {})
+    job = jobs.create("upload", loaded.name, loaded.version, {"preprocess": preprocess})
     staging = jobs.store.folder(job.id) / "input"
     try:
         staging.mkdir()
@@ -74,9 +77,14 @@ async def submit_job(
         jobs.store.delete(job.id)
         raise
     # Counts and field names only: a client's file names may carry a patient's name.
-    source = {"fields": sorted({f.field for f in files}), "files": len(files), "bytes": sum(f.size for f in files)}
+    source = {
+        "fields": sorted({f.field for f in files}),
+        "files": len(files),
+        "bytes": sum(f.size for f in files),
+        "preprocess": preprocess,
+    }
     jobs.store.update(job.id, source=source)
-    jobs.run(job, upload_work(service, loaded, files))
+    jobs.run(job, upload_work(service, loaded, files, preprocess))
     return accepted(job)
 
 

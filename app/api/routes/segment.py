@@ -3,9 +3,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 
@@ -40,8 +40,12 @@ _BODY = {
                 ),
                 "properties": {
                     **dict.fromkeys(MODALITY_NAMES, _FILES),
-                    "study": {"type": "string", "format": "binary", "description": "a zip of a whole DICOM "
-                              "study; series are mapped onto the model's modalities by the rule table"},
+                    "study": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "a zip of a whole DICOM "
+                        "study; series are mapped onto the model's modalities by the rule table",
+                    },
                 },
             }
         }
@@ -55,6 +59,25 @@ _ANSWERS = {
     },
     **{status: {"model": ErrorBody} for status in (400, 404, 408, 413, 415, 422, 431, 500, 503)},
 }
+
+
+def preprocess_mode(
+    preprocess: str = Query(
+        "auto",
+        description="auto: register, skull-strip and bias-correct as the model card asks and the input needs "
+        "(detected); none: send the images as they are (a skull is then refused for a model that expects a "
+        "stripped brain)",
+        json_schema_extra={"enum": list(PREPROCESS_MODES)},
+    ),
+) -> PreprocessMode:
+    """The request's ``preprocess`` query parameter, checked (400 ``unknown_preprocess``); shared by
+    ``/segment`` and ``POST /jobs`` so both accept exactly the same values."""
+    if preprocess not in PREPROCESS_MODES:
+        raise ApiError(400, "unknown_preprocess", f'preprocess "{preprocess}" is not one of: auto, none')
+    return cast(PreprocessMode, preprocess)
+
+
+PreprocessDep = Annotated[PreprocessMode, Depends(preprocess_mode)]
 
 
 async def _client_gone(request: Request) -> None:
@@ -88,6 +111,7 @@ async def segment_study(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
+    preprocess: PreprocessDep,
     format: str = Query(
         "nifti",
         description="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()),
@@ -95,13 +119,6 @@ async def segment_study(
     ),
     model: str | None = Query(None, description="model name (default: SEG_DEFAULT_MODEL)"),
     version: int | None = Query(None, ge=1, description="model version (default: the served one)"),
-    preprocess: str = Query(
-        "auto",
-        description="auto: register, skull-strip and bias-correct as the model card asks and the input needs "
-        "(detected); none: send the images as they are (a skull is then refused for a model that expects a "
-        "stripped brain)",
-        json_schema_extra={"enum": list(PREPROCESS_MODES)},
-    ),
 ):
     """Segment one study: multipart form, one file field per modality named as in the model card.
 
@@ -109,8 +126,6 @@ async def segment_study(
     fmt = FORMATS.get(format)
     if fmt is None:
         raise ApiError(400, "unknown_format", f'format "{format}" is not one of: {", ".join(FORMATS)}')
-    if preprocess not in PREPROCESS_MODES:
-        raise ApiError(400, "unknown_preprocess", f'preprocess "{preprocess}" is not one of: auto, none')
     loaded = service.resolve(model or settings.default_model, version)
     with service.admission.ticket() as ticket:
         work = new_staging_dir(settings.tmp_dir)
@@ -124,9 +139,8 @@ async def segment_study(
                 settings.body_timeout_seconds,
             )
             ticket.uploaded()
-            mode = cast(PreprocessMode, preprocess)  # checked against PREPROCESS_MODES above
             answer = await _unless_client_leaves(
-                request, ticket, service.segment(loaded, files, work, fmt, ticket, preprocess=mode)
+                request, ticket, service.segment(loaded, files, work, fmt, ticket, preprocess=preprocess)
             )
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
