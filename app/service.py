@@ -226,6 +226,7 @@ class SegmentationService:
                 )
             except Untrustworthy as refused:
                 raise ApiError(422, refused.code, refused.detail) from None
+            result.warnings[:0] = inspected.header_warnings()  # what the headers say comes first
             timings = {"read": read_ms, "queue": queue_ms, **result.timings_ms}
             stage("write")
             answer = await self._write(model, study, result, timings, out_dir, formats)

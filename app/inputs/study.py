@@ -22,6 +22,7 @@ from app.inputs.archives import ArchiveLimits, extract_zip
 from app.inputs.dicom import DicomSeries, InspectedSeries, inspect_series
 from app.inputs.geometry import HeaderGrid
 from app.inputs.nifti import InspectedNifti, inspect_nifti
+from app.inputs.series_selection import SeriesInfo, modalities_of
 from app.inputs.sniff import sniff
 from app.inputs.study_archive import inspect_study_archive, study_upload
 from app.inputs.uploads import UploadedFile
@@ -29,6 +30,7 @@ from segcore.card import MODALITY_ALIASES, MODALITY_NAMES, ModelCard, canonical_
 from segcore.geometry import model_grid_size, onto_grid
 from segcore.normalization import brain_mask
 from segcore.pipeline import peak_bytes
+from segcore.preprocess.plausibility import InputWarning
 
 
 @dataclass
@@ -43,7 +45,7 @@ class Study:
 @dataclass(frozen=True)
 class StudyLimits:
     max_voxels: int = 512 * 512 * 512
-    memory_budget_bytes: int = 2 << 30
+    memory_budget_bytes: int = 6 << 30  # SEG_MEMORY_BUDGET_MB's default
     min_overlap: float = 0.5  # fraction of the reference brain another modality must cover
     archive: ArchiveLimits = ArchiveLimits()
 
@@ -131,6 +133,35 @@ class InspectedStudy:
     def datasets(self, modality: str):
         item = self.modalities[modality]
         return item.datasets if isinstance(item, InspectedSeries) else None
+
+    def header_warnings(self) -> list[InputWarning]:
+        """A ``series_named_for_other_modality`` warning per DICOM modality whose SeriesDescription or
+        ProtocolName names other modalities and not this one (by the study rule table,
+        :func:`~app.inputs.series_selection.modalities_of`): a T1 MPRAGE sent as "flair" gives the FLAIR
+        model a contrast it never saw, and a confident-looking mask (300 mL of "tumour" in a healthy head,
+        measured). A description that names nothing, or names this modality, is not doubted; NIfTI files
+        carry no description and are judged by intensities only (:mod:`segcore.preprocess.plausibility`)."""
+        out = []
+        for modality, item in self.modalities.items():
+            if not isinstance(item, InspectedSeries):
+                continue
+            header = item.datasets[0]
+            info = SeriesInfo(
+                uid="",
+                description=str(header.get("SeriesDescription", "") or ""),
+                protocol=str(header.get("ProtocolName", "") or ""),
+            )
+            named = modalities_of(info)
+            if named and modality not in named:
+                out.append(
+                    InputWarning(
+                        "series_named_for_other_modality",
+                        f'the DICOM series sent as "{modality}" is described as {" or ".join(named)} '
+                        f'("{info.description or info.protocol}"): the model expects {modality}; check the series '
+                        "was sent under the right field",
+                    )
+                )
+        return out
 
     def load(self) -> Study:
         study = Study(images={}, series=self.series)

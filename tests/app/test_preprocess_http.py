@@ -58,6 +58,8 @@ def test_a_head_with_its_skull_under_auto_is_stripped_and_says_so(server, mprage
         assert 1000 <= body["preprocessing"]["brain_volume_ml"] <= 1800
         codes = r.headers["X-Input-Warnings"].split(",")
         assert "skull_stripped" in codes and codes == [w["code"] for w in body["warnings"]]
+        # the MPRAGE is a T1 sent as "flair": its series description says so, and the answer must too
+        assert "series_named_for_other_modality" in codes
         # the tumour, if any, is inside the brain, not the scalp: far below the brain volume
         assert body["tumour_volume_ml"] < 0.5 * body["preprocessing"]["brain_volume_ml"]
         metrics = client.get("/metrics").text
