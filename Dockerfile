@@ -66,6 +66,10 @@ RUN python scripts/install_niivue.py && rm -r scripts
 # Every bundled model, kept outside the models volume; the entrypoint copies each in when the volume
 # lacks it. deploy/tfserving/models.config lists exactly these (tests/deploy checks it).
 COPY models/ /srv/bundled-models/
+# The skull stripper's networks (deepbet 1.0.2), converted to OpenVINO outside the image so that it has
+# neither torch (750 MB) nor deepbet: deploy/brain-networks/README.md. Without them, a head with its skull
+# is answered 422 skull_stripper_unavailable; already-stripped inputs are served as usual.
+COPY deploy/brain-networks/ /srv/brain-networks/
 COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 RUN mkdir -p /srv/models /srv/jobs /tmp/seg && chown 10001:10001 /srv/models /srv/jobs /tmp/seg
 # Settings (SEG_*, see the README) and CPU threading. TensorFlow sizes its pools once, at its first op:
@@ -83,7 +87,8 @@ ENV SEG_HOST=0.0.0.0 \
     SEG_MAX_CONCURRENT_INFERENCES=1 \
     TF_ENABLE_ONEDNN_OPTS=1 \
     TF_CPP_MIN_LOG_LEVEL=1 \
-    BUNDLED_MODELS_DIR=/srv/bundled-models
+    BUNDLED_MODELS_DIR=/srv/bundled-models \
+    SEG_BRAIN_NETWORKS_DIR=/srv/brain-networks/deepbet-openvino
 USER 10001:10001
 EXPOSE 8000
 # Ready, not merely alive: /readyz answers 200 only once a model version is loaded and warmed.

@@ -178,10 +178,27 @@ def torch_networks(threads: int | None = None) -> Networks:
 
 
 def openvino_cache_dir() -> Path:
-    """Where the converted networks are kept (``SEG_CACHE_DIR``, default ``~/.cache/brats-serve``), per
-    deepbet version, so the conversion (the only use of torch on this path) runs once per machine."""
+    """Where the converted networks are kept: ``SEG_BRAIN_NETWORKS_DIR`` when set (the service image bakes
+    them in there, converted at build time outside the image, so the image has neither torch nor
+    deepbet), else under ``SEG_CACHE_DIR`` (default ``~/.cache/brats-serve``) per deepbet version, so
+    the conversion (the only use of torch on this path) runs once per machine."""
+    baked = os.environ.get("SEG_BRAIN_NETWORKS_DIR")
+    if baked:
+        return Path(baked)
     root = Path(os.environ.get("SEG_CACHE_DIR") or Path.home() / ".cache" / "brats-serve")
-    return root / f"deepbet-{importlib.metadata.version('deepbet')}-openvino"
+    try:
+        version = importlib.metadata.version("deepbet")
+    except importlib.metadata.PackageNotFoundError:
+        raise BrainExtractorUnavailable(
+            "deepbet is not installed and SEG_BRAIN_NETWORKS_DIR is not set; install the project's `brain` extra "
+            "(scripts/bootstrap.sh serve,brain)"
+        ) from None
+    return root / f"deepbet-{version}-openvino"
+
+
+def has_networks(folder: Path) -> bool:
+    """Both converted networks are in ``folder``."""
+    return all((folder / f"{name}.{ext}").is_file() for name in ("bbox_model", "model") for ext in ("xml", "bin"))
 
 
 def convert_to_openvino(folder: Path | None = None) -> Path:
@@ -189,12 +206,18 @@ def convert_to_openvino(folder: Path | None = None) -> Path:
 
     Written under a temporary name and renamed, so a concurrent reader never sees half a model.
     """
-    import openvino as ov
-    import torch
-
     folder = folder or openvino_cache_dir()
-    if (folder / "model.xml").exists() and (folder / "bbox_model.xml").exists():
+    if has_networks(folder):
         return folder
+    try:
+        import openvino as ov
+        import torch
+    except ImportError as missing:
+        raise BrainExtractorUnavailable(
+            f"the skull stripper's OpenVINO networks are not in {folder} and cannot be converted here "
+            f"({missing.name} is not installed): run `python -m segcore.preprocess.prepare_networks` where the "
+            "`brain` extra is installed"
+        ) from None
     weights = weights_dir()
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -213,7 +236,7 @@ def openvino_networks(threads: int | None = None) -> Networks:
     """deepbet's networks on OpenVINO, from the IR cache (converted on first use if torch is there)."""
     import openvino as ov
 
-    folder = convert_to_openvino()
+    folder = convert_to_openvino()  # BrainExtractorUnavailable when neither converted nor convertible
     core = ov.Core()
     config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
     compiled = [
@@ -238,7 +261,7 @@ def default_networks() -> Networks:
     if choice != "torch":
         try:
             return openvino_networks()
-        except ImportError:
-            if choice == "openvino":
-                raise BrainExtractorUnavailable("SEG_BRAIN_BACKEND=openvino but openvino is not installed") from None
+        except (ImportError, BrainExtractorUnavailable):
+            if choice == "openvino" or os.environ.get("SEG_BRAIN_NETWORKS_DIR"):
+                raise  # asked for explicitly: say why it is not there rather than try torch
     return torch_networks()

