@@ -65,6 +65,14 @@ class Settings(BaseSettings):
         description="memory one request may need (planned from headers: input, preprocessing, model grid, "
         "outputs); above, 413",
     )
+    brain_networks_dir: Path | None = Field(
+        None,
+        description="folder of the skull stripper's OpenVINO networks (the image bakes them in); unset: the "
+        "per-machine cache that scripts/bootstrap.sh fills from the pinned deepbet wheel",
+    )
+    brain_backend: Literal["auto", "openvino", "torch"] = Field(
+        "auto", description="runtime of the skull stripper's networks; auto: OpenVINO where installed, else torch"
+    )
     min_modality_overlap: float = Field(
         0.5, ge=0, le=1, description="fraction of the first modality's brain every other modality must cover"
     )

@@ -177,12 +177,29 @@ def torch_networks(threads: int | None = None) -> Networks:
     return Networks(wrap(models[0]), wrap(models[1]), "torch")
 
 
+_configured: dict[str, object] = {}
+
+
+def configure(networks_dir: Path | None = None, backend: str | None = None) -> None:
+    """Set where the converted networks are and which runtime runs them, for this process (the service
+    passes its ``SEG_BRAIN_NETWORKS_DIR`` and ``SEG_BRAIN_BACKEND`` settings). Unset values fall back to
+    those environment variables, so training and command-line tools need no call. Networks already
+    loaded are dropped and reloaded on next use."""
+    _configured.update(networks_dir=networks_dir, backend=backend)
+    default_networks.cache_clear()
+
+
+def _setting(name: str, env: str) -> str | None:
+    value = _configured.get(name)
+    return str(value) if value not in (None, "") else os.environ.get(env) or None
+
+
 def openvino_cache_dir() -> Path:
     """Where the converted networks are kept: ``SEG_BRAIN_NETWORKS_DIR`` when set (the service image bakes
     them in there, converted at build time outside the image, so the image has neither torch nor
     deepbet), else under ``SEG_CACHE_DIR`` (default ``~/.cache/brats-serve``) per deepbet version, so
     the conversion (the only use of torch on this path) runs once per machine."""
-    baked = os.environ.get("SEG_BRAIN_NETWORKS_DIR")
+    baked = _setting("networks_dir", "SEG_BRAIN_NETWORKS_DIR")
     if baked:
         return Path(baked)
     root = Path(os.environ.get("SEG_CACHE_DIR") or Path.home() / ".cache" / "brats-serve")
@@ -257,11 +274,11 @@ def openvino_networks(threads: int | None = None) -> Networks:
 def default_networks() -> Networks:
     """The process-wide networks, loaded once on first use: OpenVINO when it is installed (1.7x faster
     than torch here, see the README), else torch. ``SEG_BRAIN_BACKEND=torch|openvino`` forces one."""
-    choice = os.environ.get("SEG_BRAIN_BACKEND", "").strip().lower()
+    choice = (_setting("backend", "SEG_BRAIN_BACKEND") or "auto").strip().lower()
     if choice != "torch":
         try:
             return openvino_networks()
         except (ImportError, BrainExtractorUnavailable):
-            if choice == "openvino" or os.environ.get("SEG_BRAIN_NETWORKS_DIR"):
+            if choice == "openvino" or _setting("networks_dir", "SEG_BRAIN_NETWORKS_DIR"):
                 raise  # asked for explicitly: say why it is not there rather than try torch
     return torch_networks()

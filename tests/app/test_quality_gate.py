@@ -99,6 +99,9 @@ def test_a_worse_version_is_refused_under_load_then_promoted_by_an_operator(tmp_
     try:
         for thread in clients:
             thread.start()
+        # Version 1 is answering before version 2 appears (on a loaded machine the first answers can take
+        # longer than publishing and refusing version 2 does).
+        _wait_for(lambda: len(outcomes) >= 3, 120, "answers from version 1")
         # Version 2 answers differently (lower threshold) and validated worse: published, loaded, refused.
         make_threshold_model(models, name="gate", version=2, offset=0.0, warmup=True, validation_dice={"case_6": 0.40})
         with server.client() as client:
