@@ -4,17 +4,24 @@ An exception message may quote the value that broke it (pydicom: "Unable to conv
 'DA'"), and pydicom/highdicom warn with the offending value. So nothing from those sources is ever
 formatted: exceptions are rendered as their type and frames (file, line, function) only, records from
 pydicom, highdicom and captured warnings keep their origin but lose their text, and pydicom's read-time
-validation (which warns with values) is switched off.
+validation (which warns with values) is switched off. DICOM UIDs anywhere in a line (URLs in the access
+log, dicomweb_client's messages) are replaced by a short digest (:func:`digest`), the token our own lines
+use for a study.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import traceback
 from pathlib import Path
 from types import TracebackType
 
 _WITHHELD = ("pydicom", "highdicom", "py.warnings")
+# A DICOM UID: dotted decimal components, at least six (an IPv4 address has four, a version three), as
+# in /dicomweb/studies/1.2.840.113619.2.../segment or dicomweb_client's "search for series of study ...".
+_UID = re.compile(r"(?<![\d.])\d+(?:\.\d+){5,}(?![\d.])")
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
@@ -52,7 +59,15 @@ class SafeFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
+        # UIDs (study, series, instance) name a patient's visit: every line, uvicorn's access lines and
+        # dicomweb_client's included, carries the digest our own lines use instead.
+        text = _UID.sub(lambda m: f"uid:{digest(m.group(0))}", text)
         return text.replace("\n", " | ")  # one record, one line
+
+
+def digest(uid: str) -> str:
+    """A short stable token for a UID in log lines (UIDs can be traced back to a patient's visit)."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:10]
 
 
 class WithholdDicomText(logging.Filter):

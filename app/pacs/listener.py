@@ -15,7 +15,6 @@ datasets), and our lines carry counts, AE titles and a short digest of the study
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from app.errors import ApiError
+from app.logs import digest
 from app.pacs.dicomweb import PacsError
 
 log = logging.getLogger("app.pacs.listener")
@@ -35,11 +35,6 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
-
-
-def digest(uid: str) -> str:
-    """A short stable token for a UID in log lines (UIDs can be traced back to a patient's visit)."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:10]
 
 
 @dataclass
