@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("models"), description="TF Serving layout: <name>/<version>/")
     default_model: str = Field("brats-wt-flair", description="model used when a request names none")
     backend: BackendName = Field(
-        "inprocess", description="; ".join(f"{b.name}: {b.description} ({b.extra} extra)" for b in BACKENDS.values())
+        "auto", description="; ".join(f"{b.name}: {b.description} ({b.extra} extra)" for b in BACKENDS.values())
     )
     openvino_precision: Literal["default", "f32", "bf16"] = Field(
         "default", description="SEG_BACKEND=openvino: OpenVINO's choice (bf16 on AVX-512 BF16 CPUs), or forced"

@@ -113,7 +113,7 @@ def test_every_setting_is_documented_in_the_readme():
 def test_the_default_service_is_the_app_alone_on_the_models_volume():
     assert [s for s, spec in SERVICES.items() if not spec.get("profiles")] == ["app"]
     env = _env("app")
-    assert env["SEG_BACKEND"] == "inprocess"
+    assert env["SEG_BACKEND"] == "auto"
     assert env["SEG_MODELS_DIR"] == _volume_path("app")
     assert "models" in COMPOSE["volumes"]
     for service in APP_SERVICES:
