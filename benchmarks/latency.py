@@ -418,8 +418,8 @@ def build_variants(
         "openvino_int8": lambda: service_backend("openvino-int8", threads, "default")(version_dir, card),
         "auto": lambda: service_backend("auto", threads, "default")(version_dir, card),
     }
-    if quick:
-        del peers["openvino_f32"]
+    if quick:  # auto converts and times every backend again at build: minutes on a busy machine
+        del peers["openvino_f32"], peers["auto"]
     errors: dict[str, str] = {}
     conversion_s: dict[str, float] = {}
     for name, build in peers.items():
