@@ -62,9 +62,17 @@ class BackendTrial(BaseModel):
     warmup_ms: float | None = Field(
         None, description="fastest pass over the version's warm-up requests (accepted and chosen only)"
     )
+    rounds_ms: list[float] | None = Field(
+        None, description="every timed round's mean pass (warmup_ms is the fastest); rounds interleave backends"
+    )
+    cache: Literal["hit", "miss", "off"] | None = Field(
+        None,
+        description="OpenVINO: the converted model came from SEG_CACHE_DIR (hit), was converted and "
+        "written now (miss), or converted in memory (off)",
+    )
     max_abs_diff: float | None = Field(None, description="largest probability difference from TensorFlow")
     changed_fraction: float | None = Field(None, description="fraction of voxels whose class differs from TF's")
-    reason: str | None = Field(None, description="why refused or failed")
+    reason: str | None = Field(None, description="why refused or failed (or chosen though not the fastest pass)")
 
 
 class VersionInfo(BaseModel):

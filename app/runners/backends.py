@@ -90,12 +90,17 @@ def _tfserving(settings: Settings) -> RunnerFactory:
 
 
 def _openvino(settings: Settings) -> RunnerFactory:
-    # The same SavedModel, converted in memory; threads follow SEG_INTRA_OP_THREADS (or the tuning file).
+    # The same SavedModel, converted once into SEG_CACHE_DIR; threads follow SEG_INTRA_OP_THREADS (or the tuning file).
     from functools import partial
 
     from app.runners.openvino import OpenVINORunner
 
-    return partial(OpenVINORunner, threads=settings.intra_op_threads, precision=settings.openvino_precision)
+    return partial(
+        OpenVINORunner,
+        threads=settings.intra_op_threads,
+        precision=settings.openvino_precision,
+        cache_dir=settings.cache_dir,
+    )
 
 
 def _openvino_int8(settings: Settings) -> RunnerFactory:
@@ -104,7 +109,7 @@ def _openvino_int8(settings: Settings) -> RunnerFactory:
 
     from app.runners.openvino import OpenVINORunner
 
-    return partial(OpenVINORunner, threads=settings.intra_op_threads, precision="int8")
+    return partial(OpenVINORunner, threads=settings.intra_op_threads, precision="int8", cache_dir=settings.cache_dir)
 
 
 def _openvino_available(settings: Settings) -> str | None:
@@ -131,7 +136,7 @@ def _auto(settings: Settings) -> RunnerFactory:
             candidates[backend.name] = NamedFactory(backend.name, backend.build(settings))
         else:
             log.info("auto_backend_skipped backend=%s reason=%s", backend.name, reason)
-    return AutoFactory(candidates)
+    return AutoFactory(candidates, repeats=settings.auto_repeats, margin=settings.auto_margin)
 
 
 BACKENDS: dict[str, Backend] = {

@@ -116,6 +116,12 @@ def test_the_default_service_is_the_app_alone_on_the_models_volume():
     assert env["SEG_BACKEND"] == "auto"
     assert env["SEG_MODELS_DIR"] == _volume_path("app")
     assert "models" in COMPOSE["volumes"]
+    # auto's OpenVINO conversions outlive a container: the image's SEG_CACHE_DIR is a volume, and the image
+    # converts its bundled models into it at build time.
+    serve_stage = _dockerfile_stages()["serve"]
+    assert _volume_path("app", "cache") == _dockerfile_env(serve_stage)["SEG_CACHE_DIR"] == "/srv/cache"
+    assert "cache" in COMPOSE["volumes"]
+    assert any(i == "RUN" and "app.cli.prepare_openvino /srv/bundled-models" in a for i, a in serve_stage)
     for service in APP_SERVICES:
         (mapping,) = SERVICES[service]["ports"]
         assert mapping.split(":")[-1] == _env(service)["SEG_PORT"], service
