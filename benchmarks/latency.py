@@ -28,6 +28,10 @@ in-plane) and plots it to ``benchmarks/results/cost_vs_size.png``.
 
     .venv/bin/python benchmarks/latency.py --models --sizes --no-2d   # only the two further runs
 
+``--api`` (``benchmarks/acceptance.py``): the default deployment (``SEG_BACKEND=auto``) over HTTP on every
+bundled model, concurrency 1/2/4 on the 2D model, and the model call's share of the machine's peak.
+The preprocessing stages of a raw four-series study are timed by ``benchmarks/preprocess.py``.
+
 Repetitions are interleaved (round-robin over variants), so a burst of load from other users of the
 machine hits all variants alike. Each peer's mask is compared with the service's (Dice >= 0.99).
 """
@@ -387,6 +391,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rss-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--models", action="store_true", help="every bundled model on every backend")
     parser.add_argument("--sizes", action="store_true", help="latency and peak memory vs in-plane size")
+    parser.add_argument("--api", action="store_true", help="the acceptance run (benchmarks/acceptance.py)")
     parser.add_argument("--no-2d", action="store_true", help="skip the 2D model's variant comparison")
     parser.add_argument("--size-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -543,6 +548,11 @@ def further_runs(args: argparse.Namespace) -> None:
         report = scaling.models_run(reps, args.intra)
         report["load_average"] = {"start": start, "end": load_average()}
         (RESULTS / "latency_models.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.api:
+        from benchmarks import acceptance
+
+        print(f"the default deployment over HTTP, load avg {load_average()}", flush=True)
+        acceptance.run(reps, [1, 2, 4], 30, RESULTS / "acceptance.json")
     if args.sizes:
         print(f"cost against size, load avg {load_average()}", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-sizes-") as tmp:
@@ -561,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
 
         size_child(args.size_child[0], Path(args.size_child[1]), args.reps)
         return 0
-    if args.models or args.sizes:
+    if args.models or args.sizes or args.api:
         further_runs(args)
         if args.no_2d:
             return 0
