@@ -17,8 +17,9 @@ geometry and normalization (``segcore.preprocess``); only the inference part dif
   batch size 1 because it answers one study at a time.
 - ``onnxruntime``, ``openvino``, ``openvino_f32``: the service path with ONNX Runtime
   (``benchmarks/onnx_runner.py``) and the service's OpenVINO backend (``app.runners.backends``) on the same
-  SavedModel (converted in memory). OpenVINO's default precision on a
-  CPU with AVX-512 BF16 is bfloat16; ``openvino_f32`` forces float32.
+  SavedModel (converted once into ``SEG_CACHE_DIR``, so ``conversion_seconds`` is a cache read after the
+  first run). OpenVINO's default precision on a CPU with AVX-512 BF16 is bfloat16; ``openvino_f32`` forces
+  float32.
 - ``openvino_int8``: the version's NNCF INT8 variant (``benchmarks/quantize_int8.py``), when its card has
   one that may serve; ``auto``: whatever ``SEG_BACKEND=auto`` (the default) chose at load.
 
