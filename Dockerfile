@@ -71,7 +71,13 @@ COPY models/ /srv/bundled-models/
 # is answered 422 skull_stripper_unavailable; already-stripped inputs are served as usual.
 COPY deploy/brain-networks/ /srv/brain-networks/
 COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
-RUN mkdir -p /srv/models /srv/jobs /tmp/seg && chown 10001:10001 /srv/models /srv/jobs /tmp/seg
+# SEG_BACKEND=auto (the default) also tries OpenVINO, which converts each SavedModel first; the bundled
+# models are converted here, once, into SEG_CACHE_DIR (keyed by content: a version published later is
+# converted on its first load and kept there too; mount a volume on it, as compose does, to keep those).
+ENV SEG_CACHE_DIR=/srv/cache
+RUN mkdir -p /srv/models /srv/jobs /tmp/seg /srv/cache \
+ && python -m app.cli.prepare_openvino /srv/bundled-models \
+ && chown -R 10001:10001 /srv/models /srv/jobs /tmp/seg /srv/cache
 # Settings (SEG_*, see the README) and CPU threading. TensorFlow sizes its pools once, at its first op:
 # SEG_INTRA_OP_THREADS unset means every CPU of the container's cpuset (TensorFlow reads the affinity
 # mask, not a --cpus quota: pin with cpuset, or set SEG_INTRA_OP_THREADS). A U-Net is a chain of ops,

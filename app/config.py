@@ -18,10 +18,25 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("models"), description="TF Serving layout: <name>/<version>/")
     default_model: str = Field("brats-wt-flair", description="model used when a request names none")
     backend: BackendName = Field(
-        "inprocess", description="; ".join(f"{b.name}: {b.description} ({b.extra} extra)" for b in BACKENDS.values())
+        "auto", description="; ".join(f"{b.name}: {b.description} ({b.extra} extra)" for b in BACKENDS.values())
     )
     openvino_precision: Literal["default", "f32", "bf16"] = Field(
         "default", description="SEG_BACKEND=openvino: OpenVINO's choice (bf16 on AVX-512 BF16 CPUs), or forced"
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "brats-serve",
+        description="OpenVINO's converted models and compiled kernels (and the skull stripper's networks), "
+        "keyed by content, so only a machine's first start converts; a volume in the image",
+    )
+    auto_repeats: int = Field(
+        3, ge=1, le=20, description="SEG_BACKEND=auto: timed rounds per candidate (the fastest round counts)"
+    )
+    auto_margin: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="SEG_BACKEND=auto: a backend slower to start serves only if its warm-up pass is at least "
+        "this fraction faster",
     )
     tfserving_target: str = Field("localhost:8500", description="host:port of TF Serving's gRPC API")
     tfserving_timeout_seconds: float = Field(30.0, gt=0, description="gRPC deadline of one Predict call (one tile)")

@@ -37,13 +37,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from app import quality_gate, telemetry
 from app.quality_gate import Verdict
 from app.runners.backends import RunnerFactory
+from app.runners.warmup import warmup_batches
 from segcore.card import ModelCard
-from segcore.model_folder import WARMUP_RELPATH, version_numbers
+from segcore.model_folder import version_numbers
 from segcore.runner import RetryableLoadError, Runner
 
 log = logging.getLogger("app.registry")
@@ -60,6 +59,11 @@ class LoadedModel:
     runner: Runner
     load_ms: float
     warmup_ms: float
+
+    @property
+    def backend(self) -> str | None:
+        """The runtime that answers for this version (``SEG_BACKEND``, or what ``auto`` chose)."""
+        return self.runner.backend
 
 
 @dataclass(frozen=True)
@@ -103,25 +107,23 @@ def warm_up(runner: Runner, version_dir: Path) -> int:
     Each output is checked against the card (same spatial shape, ``output_channels`` channels), so a
     signature that loads but answers the wrong thing fails here, before it is ever served.
     """
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
+    batches = warmup_batches(version_dir, runner.card)
+    for batch in batches:
+        runner.checked_predict(batch, "warm-up")
+    return len(batches)
 
-    path = version_dir / WARMUP_RELPATH
-    count = 0
 
-    if path.is_file():
-        for record in tf.data.TFRecordDataset(str(path)):
-            log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            request = log_entry.predict_log.request
-            if runner.card.input_name not in request.inputs:
-                raise ValueError(f"warm-up request has inputs {sorted(request.inputs)}, not {runner.card.input_name!r}")
-            batch = tf.make_ndarray(request.inputs[runner.card.input_name]).astype(np.float32)
-            runner.checked_predict(batch, "warm-up")
-            count += 1
-    if count == 0:  # no warm-up file: one representative call so the first request is not the slow one
-        runner.checked_predict(np.zeros(runner.card.representative_input_shape, dtype=np.float32), "warm-up")
-        count = 1
-    return count
+def _loaded_fields(model: LoadedModel | None) -> dict:
+    """A loaded version's part of ``describe``: load and warm-up times, and the backend that answers (with
+    ``SEG_BACKEND=auto``'s trials when it chose)."""
+    if model is None:
+        return {}
+    fields: dict = {"load_ms": round(model.load_ms, 1), "warmup_ms": round(model.warmup_ms, 1)}
+    if model.backend is not None:
+        fields["backend"] = model.backend
+    if model.runner.selection is not None:
+        fields["backend_selection"] = model.runner.selection
+    return fields
 
 
 def _on_unloaded(name: str, version: int) -> None:
@@ -483,8 +485,4 @@ def _version_entry(v: int, state: ModelState, unloading: dict[int, LoadedModel])
         if status == "refused":
             entry["reason"] = verdict.reason
             entry["loaded"] = v in loaded  # then it answers version=N, for an operator to try
-    model = loaded.get(v) or unloading.get(v)
-    if model is not None:
-        entry["load_ms"] = round(model.load_ms, 1)
-        entry["warmup_ms"] = round(model.warmup_ms, 1)
-    return entry
+    return entry | _loaded_fields(loaded.get(v) or unloading.get(v))

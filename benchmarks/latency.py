@@ -17,8 +17,21 @@ geometry and normalization (``segcore.preprocess``); only the inference part dif
   batch size 1 because it answers one study at a time.
 - ``onnxruntime``, ``openvino``, ``openvino_f32``: the service path with ONNX Runtime
   (``benchmarks/onnx_runner.py``) and the service's OpenVINO backend (``app.runners.backends``) on the same
-  SavedModel (converted in memory). OpenVINO's default precision on a
-  CPU with AVX-512 BF16 is bfloat16; ``openvino_f32`` forces float32.
+  SavedModel (converted once into ``SEG_CACHE_DIR``, so ``conversion_seconds`` is a cache read after the
+  first run). OpenVINO's default precision on a CPU with AVX-512 BF16 is bfloat16; ``openvino_f32`` forces
+  float32.
+- ``openvino_int8``: the version's NNCF INT8 variant (``benchmarks/quantize_int8.py``), when its card has
+  one that may serve; ``auto``: whatever ``SEG_BACKEND=auto`` (the default) chose at load.
+
+Two further runs (``benchmarks/scaling.py``): ``--models`` times every bundled model (the 3D ones too) on
+every backend; ``--sizes`` measures latency and peak memory against study size (128^2, 240^2, 512^2
+in-plane) and plots it to ``benchmarks/results/cost_vs_size.png``.
+
+    .venv/bin/python benchmarks/latency.py --models --sizes --no-2d   # only the two further runs
+
+``--api`` (``benchmarks/acceptance.py``): the default deployment (``SEG_BACKEND=auto``) over HTTP on every
+bundled model, concurrency 1/2/4 on the 2D model, and the model call's share of the machine's peak.
+The preprocessing stages of a raw four-series study are timed by ``benchmarks/preprocess.py``.
 
 Repetitions are interleaved (round-robin over variants), so a burst of load from other users of the
 machine hits all variants alike. Each peer's mask is compared with the service's (Dice >= 0.99).
@@ -377,6 +390,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     parser.add_argument("--rss-child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--models", action="store_true", help="every bundled model on every backend")
+    parser.add_argument("--sizes", action="store_true", help="latency and peak memory vs in-plane size")
+    parser.add_argument("--api", action="store_true", help="the acceptance run (benchmarks/acceptance.py)")
+    parser.add_argument("--no-2d", action="store_true", help="skip the 2D model's variant comparison")
+    parser.add_argument("--size-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child is None and not args.case.is_file():
         parser.error(f"case {args.case} not found (../shared/data is read in place)")
@@ -403,9 +421,11 @@ def build_variants(
         # OpenVINO through the service's own backend table: what is measured is what SEG_BACKEND=openvino runs.
         "openvino": lambda: service_backend("openvino", threads, "default")(version_dir, card),
         "openvino_f32": lambda: service_backend("openvino", threads, "f32")(version_dir, card),
+        "openvino_int8": lambda: service_backend("openvino-int8", threads, "default")(version_dir, card),
+        "auto": lambda: service_backend("auto", threads, "default")(version_dir, card),
     }
-    if quick:
-        del peers["openvino_f32"]
+    if quick:  # auto converts and times every backend again at build: minutes on a busy machine
+        del peers["openvino_f32"], peers["auto"]
     errors: dict[str, str] = {}
     conversion_s: dict[str, float] = {}
     for name, build in peers.items():
@@ -518,12 +538,44 @@ def end_to_end(args: argparse.Namespace, version_dir: Path, card, variants: dict
     return extra
 
 
+def further_runs(args: argparse.Namespace) -> None:
+    """``--models`` and ``--sizes`` (``benchmarks/scaling.py``): each writes its own JSON."""
+    from benchmarks import scaling
+
+    reps = 2 if args.quick else args.reps
+    if args.models:
+        print(f"every model on every backend, load avg {load_average()}", flush=True)
+        start = load_average()
+        report = scaling.models_run(reps, args.intra)
+        report["load_average"] = {"start": start, "end": load_average()}
+        (RESULTS / "latency_models.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.api:
+        from benchmarks import acceptance
+
+        print(f"the default deployment over HTTP, load avg {load_average()}", flush=True)
+        acceptance.run(reps, [1, 2, 4], 30, RESULTS / "acceptance.json")
+    if args.sizes:
+        print(f"cost against size, load avg {load_average()}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-sizes-") as tmp:
+            report = scaling.sizes_run(reps, ("inprocess", "openvino"), Path(tmp))
+        (RESULTS / "cost_vs_size.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     version_dir = args.model_dir or latest_version_dir(DEFAULT_MODEL)
     if args.rss_child is not None:
         rss_child(version_dir, args.rss_child)
         return 0
+    if args.size_child is not None:
+        from benchmarks.scaling import size_child
+
+        size_child(args.size_child[0], Path(args.size_child[1]), args.reps)
+        return 0
+    if args.models or args.sizes or args.api:
+        further_runs(args)
+        if args.no_2d:
+            return 0
     from segcore.threads import apply_thread_env
 
     apply_thread_env(intra_op=args.intra, inter_op=args.inter)  # before TensorFlow runs any op

@@ -143,6 +143,20 @@ class Preprocessing(BaseModel):
         return self.registration != "none" or self.skull_strip or self.bias_correction != "none"
 
 
+class Variant(BaseModel):
+    """Another form of the same version's network, under ``assets.extra/`` (so TF Serving ignores it), with
+    the validation Dice that decides whether it may serve. Made by ``benchmarks/quantize_int8.py``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: Literal["openvino"] = "openvino"
+    precision: Literal["int8"] = "int8"
+    path: str = Field(description="the IR's .xml, relative to the version directory (its .bin beside it)")
+    method: str = Field(description="how it was made, e.g. NNCF post-training quantization and its version")
+    calibration_cases: list[str] = Field(description="cases its statistics came from (training cases only)")
+    validation_dice: dict[str, float] = Field(description="per validation case and mean, like the card's")
+
+
 class ModelCard(BaseModel):
     """Schema of ``assets.extra/model_card.json``; see DESIGN §2."""
 
@@ -164,6 +178,9 @@ class ModelCard(BaseModel):
     output_name: str = "probabilities"
     provenance: Provenance = Provenance()
     validation_dice: dict[str, float] = {}
+    variants: dict[str, Variant] = Field(
+        {}, description="name -> another form of this network (e.g. openvino-int8) and its validation Dice"
+    )
     threads: ThreadSettings = ThreadSettings()
     preprocessing: Preprocessing = Field(
         default_factory=Preprocessing,

@@ -22,6 +22,11 @@ class RetryableLoadError(Exception):
     version again on its next refresh instead of recording it as failed."""
 
 
+class NotApplicable(LookupError):
+    """A backend has nothing to run for this version (an INT8 backend, a version without an INT8 variant).
+    ``SEG_BACKEND=auto`` records the row as not applicable instead of failed."""
+
+
 class Runner(ABC):
     """One model version behind one backend: a batch-of-one forward pass on numpy arrays.
 
@@ -33,6 +38,10 @@ class Runner(ABC):
     """
 
     card: ModelCard
+    backend: str | None = None
+    """Which runtime answers (``inprocess``, ``openvino``...): stamped by the service's backend table."""
+    selection: list[dict] | None = None
+    """``SEG_BACKEND=auto`` only: every candidate's trial (timings, agreement with TensorFlow, verdict)."""
 
     @abstractmethod
     def predict(self, batch: np.ndarray) -> np.ndarray:

@@ -19,21 +19,30 @@ import numpy as np
 import SimpleITK as sitk
 
 from segcore.card import BRATS_REGIONS
+from segcore.runner import Runner
 from segcore.threads import apply_thread_env
 from training.datasets import discover
 
 
 def evaluate(
-    version_dir: Path, roots: list[Path], cases: list[str] | None = None, *, mirror: bool | None = None
+    version_dir: Path,
+    roots: list[Path],
+    cases: list[str] | None = None,
+    *,
+    mirror: bool | None = None,
+    runner: Runner | None = None,
 ) -> list[dict]:
-    """One row per case: Dice per region, predicted and true volumes (mL) and seconds per volume."""
+    """One row per case: Dice per region, predicted and true volumes (mL) and seconds per volume.
+
+    ``runner``: what runs the network (default: the SavedModel in TensorFlow); another runtime's runner
+    for the same version (``benchmarks/quantize_int8.py`` validates an INT8 variant this way)."""
     from segcore.card import ModelCard
     from segcore.metrics import dice
     from segcore.pipeline import segment
     from segcore.runner import SavedModelRunner
 
     card = ModelCard.load(version_dir)
-    runner = SavedModelRunner(version_dir, card)
+    runner = runner or SavedModelRunner(version_dir, card)
     regions = card.regions or {"WT": sorted(card.labels)}
     found = discover(roots, list(card.modalities))
     if cases:

