@@ -89,7 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     # Before TensorFlow runs its first op: pool sizes are fixed from then on.
     apply_thread_env(intra_op=settings.intra_op_threads, inter_op=settings.inter_op_threads)
-    skullstrip.configure(networks_dir=settings.brain_networks_dir, backend=settings.brain_backend)
+    skullstrip.configure(
+        networks_dir=settings.brain_networks_dir, backend=settings.brain_backend, cache_dir=settings.cache_dir
+    )
     if settings.tmp_dir is not None:
         Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
     remove_stale(settings.tmp_dir)  # left by a killed process (OOM killer, container stop)

@@ -180,12 +180,12 @@ def torch_networks(threads: int | None = None) -> Networks:
 _configured: dict[str, object] = {}
 
 
-def configure(networks_dir: Path | None = None, backend: str | None = None) -> None:
-    """Set where the converted networks are and which runtime runs them, for this process (the service
-    passes its ``SEG_BRAIN_NETWORKS_DIR`` and ``SEG_BRAIN_BACKEND`` settings). Unset values fall back to
-    those environment variables, so training and command-line tools need no call. Networks already
-    loaded are dropped and reloaded on next use."""
-    _configured.update(networks_dir=networks_dir, backend=backend)
+def configure(networks_dir: Path | None = None, backend: str | None = None, cache_dir: Path | None = None) -> None:
+    """Set where the converted networks are, which runtime runs them and the per-machine cache, for this
+    process (the service passes its ``SEG_BRAIN_NETWORKS_DIR``, ``SEG_BRAIN_BACKEND`` and
+    ``SEG_CACHE_DIR`` settings). Unset values fall back to those environment variables, so training and
+    command-line tools need no call. Networks already loaded are dropped and reloaded on next use."""
+    _configured.update(networks_dir=networks_dir, backend=backend, cache_dir=cache_dir)
     default_networks.cache_clear()
 
 
@@ -202,7 +202,7 @@ def openvino_cache_dir() -> Path:
     baked = _setting("networks_dir", "SEG_BRAIN_NETWORKS_DIR")
     if baked:
         return Path(baked)
-    root = Path(os.environ.get("SEG_CACHE_DIR") or Path.home() / ".cache" / "brats-serve")
+    root = Path(_setting("cache_dir", "SEG_CACHE_DIR") or Path.home() / ".cache" / "brats-serve")
     try:
         version = importlib.metadata.version("deepbet")
     except importlib.metadata.PackageNotFoundError:

@@ -199,7 +199,7 @@ def test_the_image_is_unprivileged_reproducible_and_clean(stack):
     assert out[3] == "home-writable", out
     assert "No broken requirements found." in out, out
     srv = set(out[out.index("No broken requirements found.") + 1 : -2])
-    assert srv == {"app", "segcore", "bundled-models", "brain-networks", "models", "jobs"}, f"leftovers in /srv: {srv}"
+    assert srv == {"app", "segcore", "bundled-models", "brain-networks", "cache", "models", "jobs"}, f"leftovers: {srv}"
     # Every bundled model is in the image and seeded into the volume.
     names = {m["name"] for m in httpx.get(f"{stack.url}/models", timeout=30).json()["models"]}
     assert names == {p.name for p in MODELS_DIR.iterdir() if p.is_dir()}
