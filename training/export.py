@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from segcore.card import ModelCard, Provenance, ThreadSettings, Tiling, brats_regions
+from segcore.card import ModelCard, Postprocessing, Provenance, ThreadSettings, Tiling, brats_regions
 from segcore.model_folder import SIGNATURE_NAME, WARMUP_RELPATH, next_version, publish_atomically
 from segcore.runner import SavedModelRunner
 from training.config import TrainConfig
@@ -68,15 +68,27 @@ def export_version(model: keras.Model, card: ModelCard, models_dir: Path) -> Pat
 def model_card(config: TrainConfig, summary: dict, version: int | None = None) -> ModelCard:
     """The card of a trained model: the config's grid, tiling and labels, provenance, and the validation
     Dice of the best epoch (per case, per BraTS region where the model has regions, and their means).
+    With a ``calibration`` in the summary (``[calibration] enabled``), the card carries the chosen
+    threshold and small-component removal, and the validation Dice *with* them (what serving returns).
     ``version`` defaults to the next free number under ``config.models_dir``."""
     regions = brats_regions(config.labels, config.activation)
+    calibration = summary.get("calibration")
+    scored = calibration or {
+        "val_dice_per_case": summary["val_dice_per_case"],
+        "val_dice_per_region": summary["val_dice_per_region"],
+        "val_dice": summary["best_val_dice"],
+    }
     validation_dice = {
         f"{cid}:{region}" if regions else cid: round(value, 4)
-        for cid, per in summary["val_dice_per_case"].items()
+        for cid, per in scored["val_dice_per_case"].items()
         for region, value in per.items()
     }
-    validation_dice.update({f"mean:{r}": round(v, 4) for r, v in summary["val_dice_per_region"].items()})
-    validation_dice["mean"] = round(summary["best_val_dice"], 4)
+    validation_dice.update({f"mean:{r}": round(v, 4) for r, v in scored["val_dice_per_region"].items()})
+    validation_dice["mean"] = round(scored["val_dice"], 4)
+    postprocessing = Postprocessing(
+        min_component_ml=calibration["min_component_ml"] if calibration else 0.0,
+        calibrated_on=list(config.data.validation) if calibration else [],
+    )
     return ModelCard(
         name=config.name,
         version=version or next_version(Path(config.models_dir) / config.name),
@@ -94,7 +106,8 @@ def model_card(config: TrainConfig, summary: dict, version: int | None = None) -
         preprocessing=config.preprocessing,
         labels=config.labels,
         activation=config.activation,
-        threshold=config.threshold,
+        threshold=calibration["threshold"] if calibration else config.threshold,
+        postprocessing=postprocessing,
         provenance=Provenance(
             datasets=config.datasets,
             train_cases=config.data.train,
