@@ -46,6 +46,7 @@ class Progress:
     best_dice: float = -1.0
     best_epoch: int = 0
     wall_s: float = 0.0  # the epochs' wall time, validation included
+    best_probabilities: dict[str, np.ndarray] | None = None  # the best epoch's validation output, if kept
 
 
 def build_model(config: TrainConfig, learning_rate_start: float):
@@ -148,10 +149,14 @@ def make_validator(config: TrainConfig, model, val_cases: list[CaseArrays], hvd:
 
     def validate() -> Scores:
         scores = {}
+        keep = config.calibration.enabled and hvd is None
+        validate.probabilities = {}  # type: ignore[attr-defined]
         for case in val_cases:
             probs = probabilities(case)
             pred = probabilities_to_labels(probs, config.labels, config.activation, config.threshold)
             scores[case.case_id] = region_dice(pred, case.label, regions)
+            if keep:  # the last validation's probabilities, reused by calibration when it is the best epoch
+                validate.probabilities[case.case_id] = probs  # type: ignore[attr-defined]
         if hvd is not None:
             merged: Scores = {}
             for part in hvd.allgather_object(scores):
@@ -162,14 +167,21 @@ def make_validator(config: TrainConfig, model, val_cases: list[CaseArrays], hvd:
     return validate
 
 
-def calibrate_on_validation(config: TrainConfig, model) -> dict[str, Any]:
+def calibrate_on_validation(
+    config: TrainConfig, model, cached: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
     """Choose threshold and small-component removal on the validation shards with the loaded (best)
-    weights (:func:`training.calibrate.calibrate`); the summary's ``calibration`` entry."""
+    weights (:func:`training.calibrate.calibrate`); the summary's ``calibration`` entry. ``cached``: the
+    best epoch's validation probabilities when they are still at hand (a 3D sliding window over every
+    validation case is not cheap), else they are predicted again."""
     from training.calibrate import calibrate
 
     cases = load_cases(config.data.shards, config.data.validation)
-    probabilities = make_case_predictor(config, model)
-    probs = {case.case_id: probabilities(case) for case in cases}
+    if cached is not None and set(cached) == {case.case_id for case in cases}:
+        probs = cached
+    else:
+        probabilities = make_case_predictor(config, model)
+        probs = {case.case_id: probabilities(case) for case in cases}
     voxel_ml = float(np.prod(config.spacing_mm)) / 1000.0
     chosen = calibrate(
         probs,
@@ -244,6 +256,8 @@ def run_epochs(config: TrainConfig, world: World, model, optimizer, loss_fn, qui
         }
         if epoch % config.optim.validate_every == 0 or epoch == config.optim.epochs:
             _record_validation(entry, validate(), progress, model, run_dir / "checkpoints", plan.is_chief)
+            best_now = progress.best_epoch == epoch
+            progress.best_probabilities = getattr(validate, "probabilities", None) if best_now else None
         entry["elapsed_s"] = time.perf_counter() - started
         progress.history.append(entry)
         if plan.is_chief:
@@ -312,7 +326,7 @@ def train(
         return summary
     model.load_weights(run_dir / "checkpoints" / "best.weights.h5")
     if config.calibration.enabled:
-        summary["calibration"] = calibrate_on_validation(config, model)
+        summary["calibration"] = calibrate_on_validation(config, model, progress.best_probabilities)
     if export:
         from training.export import export_version, model_card
 
