@@ -8,6 +8,7 @@ into place: a poller sees either no version or a complete, loadable one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -65,6 +66,24 @@ def export_version(model: keras.Model, card: ModelCard, models_dir: Path) -> Pat
     return publish_atomically(Path(models_dir) / card.name / str(card.version), build)
 
 
+def _per_source(config: TrainConfig, per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean validation Dice per data source (the archive layout ``training.convert`` recorded for each
+    case in the shards' ``index.json``): ``mean:<layout>`` (whole tumour) or ``mean:<layout>:<region>``.
+    Keys start with ``mean`` so the quality gate, which compares per-case keys, leaves them out. Empty
+    when the shards have no index (made by hand)."""
+    index = Path(config.data.shards) / "index.json"
+    if not index.is_file():
+        return {}
+    layouts = {c["case_id"]: c["layout"] for c in json.loads(index.read_text()).get("cases", [])}
+    out: dict[str, float] = {}
+    for layout in sorted({layouts[c] for c in per_case if c in layouts}):
+        cases = [per_case[c] for c in per_case if layouts.get(c) == layout]
+        for region in cases[0]:
+            key = f"mean:{layout}" if list(cases[0]) == ["WT"] else f"mean:{layout}:{region}"
+            out[key] = round(float(np.mean([c[region] for c in cases])), 4)
+    return out
+
+
 def model_card(config: TrainConfig, summary: dict, version: int | None = None) -> ModelCard:
     """The card of a trained model: the config's grid, tiling and labels, provenance, and the validation
     Dice of the best epoch (per case, per BraTS region where the model has regions, and their means).
@@ -85,6 +104,7 @@ def model_card(config: TrainConfig, summary: dict, version: int | None = None) -
     }
     validation_dice.update({f"mean:{r}": round(v, 4) for r, v in scored["val_dice_per_region"].items()})
     validation_dice["mean"] = round(scored["val_dice"], 4)
+    validation_dice.update(_per_source(config, scored["val_dice_per_case"]))
     postprocessing = Postprocessing(
         min_component_ml=calibration["min_component_ml"] if calibration else 0.0,
         calibrated_on=list(config.data.validation) if calibration else [],

@@ -112,3 +112,23 @@ def test_bundled_configs_augment_calibrate_and_validate_on_every_source(name):
     assert validation == sources, f"validation lacks {sources - validation}"
     assert trained == set(config.data.train)  # every case named exists
     assert {c.case_id for c in cases} == set(config.data.train) | set(config.data.validation)  # all the data
+
+
+def test_the_card_gets_validation_means_per_source_from_the_shards_index(tmp_path):
+    import json
+
+    from training.export import _per_source
+
+    (tmp_path / "index.json").write_text(json.dumps({"cases": [
+        {"case_id": "a", "layout": "deepmedic-brats2015"}, {"case_id": "b", "layout": "deepmedic-brats2015"},
+        {"case_id": "c", "layout": "brats-standard"}]}))
+    config = TrainConfig.model_validate(
+        {"name": "x", "modalities": ["flair"], "data": {"shards": tmp_path, "train": ["t"], "validation": ["a"]}}
+    )
+    wt = _per_source(config, {"a": {"WT": 0.8}, "b": {"WT": 0.9}, "c": {"WT": 0.5}})
+    assert wt == {"mean:deepmedic-brats2015": 0.85, "mean:brats-standard": 0.5}
+    mc = _per_source(config, {"a": {"WT": 0.8, "ET": 0.6}, "c": {"WT": 0.5, "ET": 0.4}})
+    assert mc == {"mean:deepmedic-brats2015:WT": 0.8, "mean:deepmedic-brats2015:ET": 0.6,
+                  "mean:brats-standard:WT": 0.5, "mean:brats-standard:ET": 0.4}
+    (tmp_path / "index.json").unlink()
+    assert _per_source(config, {"a": {"WT": 0.8}}) == {}  # hand-made shards: nothing to group by
