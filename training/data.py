@@ -161,15 +161,18 @@ class CropSampler:
         spatial = (self.patch,) * self.dims
         xs = np.zeros((size, *spatial, channels), dtype=np.float32)
         ys = np.zeros((size, *spatial, self.target_channels), dtype=np.float32)
-        crops = [self._crop_one() for _ in range(size)]
-        if self.transforms is None:
+        if self.transforms is None:  # the v1 recipe, drawing in v1's order (crop, flip, scale, shift per sample)
+            crops = []
+            for _ in range(size):
+                image, label, brain = self._crop_one()
+                scale = self.rng.uniform(0.9, 1.1)
+                shift = self.rng.uniform(-0.1, 0.1)
+                crops.append((image * scale + shift, label, brain))
             images = np.stack([c[0] for c in crops])
             labels = np.stack([c[1] for c in crops])
             brains = np.stack([c[2] for c in crops])
-            scale = self.rng.uniform(0.9, 1.1, size=size)
-            shift = self.rng.uniform(-0.1, 0.1, size=size)
-            images = images * scale.reshape(-1, *[1] * (self.dims + 1)) + shift.reshape(-1, *[1] * (self.dims + 1))
         else:
+            crops = [self._crop_one() for _ in range(size)]
             data = np.stack([np.moveaxis(c[0], -1, 0) for c in crops]).astype(np.float32)
             seg = np.stack([np.stack([c[1], c[2]]) for c in crops]).astype(np.float32)
             out = self.transforms(data=data, seg=seg)
