@@ -157,6 +157,21 @@ class Variant(BaseModel):
     validation_dice: dict[str, float] = Field(description="per validation case and mean, like the card's")
 
 
+class Postprocessing(BaseModel):
+    """What is done to the label map on the model grid before it is mapped back onto the input grid.
+
+    ``min_component_ml``: connected tumour components (all labels together, 26-connectivity) smaller
+    than this volume are removed (:func:`segcore.postprocess.remove_small_components`); 0 keeps all.
+    Chosen, with the card's ``threshold``, on the validation cases (``calibrated_on``); a card without
+    this block removes nothing and is served as before.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_component_ml: float = Field(0.0, ge=0, description="smaller tumour components are removed (mL)")
+    calibrated_on: list[str] = Field(default=[], description="case ids threshold and min_component_ml were chosen on")
+
+
 class ModelCard(BaseModel):
     """Schema of ``assets.extra/model_card.json``; see DESIGN §2."""
 
@@ -186,6 +201,10 @@ class ModelCard(BaseModel):
         default_factory=Preprocessing,
         description="what the model expects before the network (registration, skull stripping, bias correction); "
         "a card without it asks for nothing and is served as before",
+    )
+    postprocessing: Postprocessing = Field(
+        default_factory=Postprocessing,
+        description="small-component removal after thresholding; a card without it removes nothing",
     )
     description: str = ""
 

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from segcore.card import ModelCard
 from segcore.geometry import onto_grid, voxel_volume_ml
+from segcore.postprocess import min_component_voxels, remove_small_components
 from segcore.preprocess import InputWarning, PreprocessMode, PreprocessSpec, Report, preprocess, result_warnings
 from segcore.preprocess.skullstrip import FULL_SHAPE
 from segcore.runner import Runner
@@ -133,11 +134,13 @@ def segment(
     timings["infer"] = (t2 - t1) * 1000
     labels = probabilities_to_labels(probs, card.labels, card.activation, card.threshold)
     del probs
+    voxel_ml = voxel_volume_ml(model_grid)
+    labels = remove_small_components(labels, min_component_voxels(card.postprocessing.min_component_ml, voxel_ml))
     model_mask = sitk.GetImageFromArray(labels)
     model_mask.CopyInformation(model_grid)
     mask = onto_grid(model_mask, images[card.modalities[0]], label=True)
     timings["postprocess"] = (time.perf_counter() - t2) * 1000
-    tumour_ml = float(np.count_nonzero(labels)) * voxel_volume_ml(model_mask)
+    tumour_ml = float(np.count_nonzero(labels)) * voxel_ml
     report = prepared.report
     warnings = [*report.warnings, *result_warnings(tumour_ml, report.brain_volume_ml)]
     return Segmentation(mask=mask, timings_ms=timings, preprocessing=report, warnings=warnings)

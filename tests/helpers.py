@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from segcore.card import ModelCard, Tiling
+from segcore.card import ModelCard, Postprocessing, Tiling
 from segcore.model_folder import CARD_RELPATH, SIGNATURE_NAME, WARMUP_RELPATH, publish_atomically
 
 
@@ -193,11 +193,19 @@ def make_gated_model(models_dir: Path, gate: Path, poison: Path, name: str = "ga
 
 
 def make_known_probability_model(
-    models_dir: Path, name: str, threshold: float, bright: float = 0.4, dim: float = 0.02, version: int = 1
+    models_dir: Path,
+    name: str,
+    threshold: float,
+    bright: float = 0.4,
+    dim: float = 0.02,
+    version: int = 1,
+    min_component_ml: float | None = None,
 ) -> Path:
     """A SavedModel with a known probability map: ``bright`` where the brain z-score exceeds 2 (the
     synthetic tumour), ``dim`` elsewhere; its card says ``threshold``. With ``bright`` below 0.5 and a
-    card threshold under it, only a pipeline that honours the card's threshold marks the tumour."""
+    card threshold under it, only a pipeline that honours the card's threshold marks the tumour.
+    ``min_component_ml`` None writes a card without ``postprocessing`` (as cards before calibration were);
+    a number writes ``postprocessing.min_component_ml``."""
 
     def build(tmp: Path) -> None:
         import tensorflow as tf
@@ -218,6 +226,12 @@ def make_known_probability_model(
             tiling=Tiling(divisor=8, margin=4),
             labels={1: "bright"},
             threshold=threshold,
+            postprocessing=Postprocessing(min_component_ml=min_component_ml or 0.0),
         ).write(tmp)
+        if min_component_ml is None:  # a card as written before the field existed
+            path = tmp / CARD_RELPATH
+            card = json.loads(path.read_text())
+            del card["postprocessing"]
+            path.write_text(json.dumps(card))
 
     return publish_atomically(Path(models_dir) / name / str(version), build)

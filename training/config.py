@@ -26,6 +26,7 @@ from segcore.card import (
     Threshold,
 )
 from segcore.preprocess import PreprocessSpec
+from training.augment import AugmentConfig
 
 
 class DataConfig(BaseModel):
@@ -64,6 +65,23 @@ class InferenceConfig(BaseModel):
     patch: int | None = Field(None, ge=8, description="3D inference patch edge (default: data.patch)")
     overlap: float = Field(0.5, ge=0, lt=1)
     mirror: bool = False
+
+
+class CalibrationConfig(BaseModel):
+    """``[calibration]``: after training, the threshold (sigmoid models) and the small-component removal
+    are chosen on the validation cases (``training.calibrate``) among these candidates, and written into
+    the card. Off: the card keeps ``threshold`` and removes nothing (the v1 behaviour)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    thresholds: list[float] = Field(
+        default=[0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8],
+        description="sigmoid thresholds tried (softmax models take the arg-max)",
+    )
+    min_component_ml: list[float] = Field(
+        default=[0.0, 0.1, 0.25, 0.5, 1.0, 2.0], description="small-component removal sizes tried (mL)"
+    )
 
 
 class OptimConfig(BaseModel):
@@ -113,7 +131,14 @@ class TrainConfig(BaseModel):
     network: NetworkConfig = NetworkConfig()
     optim: OptimConfig = OptimConfig()
     inference: InferenceConfig = InferenceConfig()
+    augmentation: AugmentConfig = AugmentConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     threads: ThreadConfig = ThreadConfig()
+    init_from: Path | None = Field(
+        None,
+        description="warm start: a published version (models/<name>/<v>) of the same network, whose variables "
+        "(matched by name and shape) replace the random initial weights",
+    )
     models_dir: Path = Path("models")
     run_dir: Path = Path("runs")
     datasets: list[str] = []

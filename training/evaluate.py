@@ -87,6 +87,26 @@ def evaluate(
     return rows
 
 
+def _means(rows: list[dict], metrics: list[str]) -> dict:
+    """Case count, mean of each metric over ``rows`` that have it, and the mean absolute volume error (%)."""
+    out: dict = {"cases": len(rows)}
+    for m in metrics:
+        scores = [r[m] for r in rows if m in r]
+        if scores:
+            out[f"mean_{m}"] = round(float(np.mean(scores)), 4)
+    errors = [abs(r["pred_ml"] - r["true_ml"]) / r["true_ml"] * 100 for r in rows if r.get("true_ml")]
+    if errors:
+        out["mean_abs_volume_error_pct"] = round(float(np.mean(errors)), 1)
+    return out
+
+
+def _means_text(means: dict) -> str:
+    text = ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items() if k.startswith("mean_dice"))
+    if "mean_abs_volume_error_pct" in means:
+        text += f", |volume error| {means['mean_abs_volume_error_pct']:.1f} %"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("version_dir", type=Path, help="models/<name>/<version>")
@@ -111,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     for role in ("validation", "train", "other"):
         chosen = [r for r in rows if r["role"] == role]
         if chosen:
-            summary[role] = {"cases": len(chosen)}
-            for m in metrics:
-                scores = [r[m] for r in chosen if m in r]
-                if scores:
-                    summary[role][f"mean_{m}"] = round(float(np.mean(scores)), 4)
-            means = ", ".join(f"{k[5:]} {v:.4f}" for k, v in summary[role].items() if k.startswith("mean_"))
-            print(f"mean ({role}, {len(chosen)} cases): {means}")
+            summary[role] = _means(chosen, metrics)
+            print(f"mean ({role}, {len(chosen)} cases): {_means_text(summary[role])}")
+            # Per source (the archive layout): a mean over three sources can hide one that fails.
+            for layout in sorted({r["layout"] for r in chosen}):
+                of_source = [r for r in chosen if r["layout"] == layout]
+                summary[f"{role}:{layout}"] = _means(of_source, metrics)
+                print(f"  {layout} ({len(of_source)} cases): {_means_text(summary[f'{role}:{layout}'])}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

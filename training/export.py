@@ -8,13 +8,14 @@ into place: a poller sees either no version or a complete, loadable one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from segcore.card import ModelCard, Provenance, ThreadSettings, Tiling, brats_regions
+from segcore.card import ModelCard, Postprocessing, Provenance, ThreadSettings, Tiling, brats_regions
 from segcore.model_folder import SIGNATURE_NAME, WARMUP_RELPATH, next_version, publish_atomically
 from segcore.runner import SavedModelRunner
 from training.config import TrainConfig
@@ -65,18 +66,49 @@ def export_version(model: keras.Model, card: ModelCard, models_dir: Path) -> Pat
     return publish_atomically(Path(models_dir) / card.name / str(card.version), build)
 
 
+def _per_source(config: TrainConfig, per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean validation Dice per data source (the archive layout ``training.convert`` recorded for each
+    case in the shards' ``index.json``): ``mean:<layout>`` (whole tumour) or ``mean:<layout>:<region>``.
+    Keys start with ``mean`` so the quality gate, which compares per-case keys, leaves them out. Empty
+    when the shards have no index (made by hand)."""
+    index = Path(config.data.shards) / "index.json"
+    if not index.is_file():
+        return {}
+    layouts = {c["case_id"]: c["layout"] for c in json.loads(index.read_text()).get("cases", [])}
+    out: dict[str, float] = {}
+    for layout in sorted({layouts[c] for c in per_case if c in layouts}):
+        cases = [per_case[c] for c in per_case if layouts.get(c) == layout]
+        for region in cases[0]:
+            key = f"mean:{layout}" if list(cases[0]) == ["WT"] else f"mean:{layout}:{region}"
+            out[key] = round(float(np.mean([c[region] for c in cases])), 4)
+    return out
+
+
 def model_card(config: TrainConfig, summary: dict, version: int | None = None) -> ModelCard:
     """The card of a trained model: the config's grid, tiling and labels, provenance, and the validation
     Dice of the best epoch (per case, per BraTS region where the model has regions, and their means).
+    With a ``calibration`` in the summary (``[calibration] enabled``), the card carries the chosen
+    threshold and small-component removal, and the validation Dice *with* them (what serving returns).
     ``version`` defaults to the next free number under ``config.models_dir``."""
     regions = brats_regions(config.labels, config.activation)
+    calibration = summary.get("calibration")
+    scored = calibration or {
+        "val_dice_per_case": summary["val_dice_per_case"],
+        "val_dice_per_region": summary["val_dice_per_region"],
+        "val_dice": summary["best_val_dice"],
+    }
     validation_dice = {
         f"{cid}:{region}" if regions else cid: round(value, 4)
-        for cid, per in summary["val_dice_per_case"].items()
+        for cid, per in scored["val_dice_per_case"].items()
         for region, value in per.items()
     }
-    validation_dice.update({f"mean:{r}": round(v, 4) for r, v in summary["val_dice_per_region"].items()})
-    validation_dice["mean"] = round(summary["best_val_dice"], 4)
+    validation_dice.update({f"mean:{r}": round(v, 4) for r, v in scored["val_dice_per_region"].items()})
+    validation_dice["mean"] = round(scored["val_dice"], 4)
+    validation_dice.update(_per_source(config, scored["val_dice_per_case"]))
+    postprocessing = Postprocessing(
+        min_component_ml=calibration["min_component_ml"] if calibration else 0.0,
+        calibrated_on=list(config.data.validation) if calibration else [],
+    )
     return ModelCard(
         name=config.name,
         version=version or next_version(Path(config.models_dir) / config.name),
@@ -94,7 +126,8 @@ def model_card(config: TrainConfig, summary: dict, version: int | None = None) -
         preprocessing=config.preprocessing,
         labels=config.labels,
         activation=config.activation,
-        threshold=config.threshold,
+        threshold=calibration["threshold"] if calibration else config.threshold,
+        postprocessing=postprocessing,
         provenance=Provenance(
             datasets=config.datasets,
             train_cases=config.data.train,

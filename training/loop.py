@@ -46,6 +46,7 @@ class Progress:
     best_dice: float = -1.0
     best_epoch: int = 0
     wall_s: float = 0.0  # the epochs' wall time, validation included
+    best_probabilities: dict[str, np.ndarray] | None = None  # the best epoch's validation output, if kept
 
 
 def build_model(config: TrainConfig, learning_rate_start: float):
@@ -70,6 +71,25 @@ def build_model(config: TrainConfig, learning_rate_start: float):
     return model, optimizer, segmentation_loss(config.activation, config.optim.bce_weight)
 
 
+def load_published_weights(model, version_dir: Path) -> int:
+    """Warm start: copy the variables of a published SavedModel version (``training.export`` writes them
+    under the Keras variable paths) into ``model``, matched by name and shape; returns how many. Refuses
+    (ValueError) unless every variable of ``model`` is found with its shape: a partial warm start would
+    be a different network than the one described."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(version_dir))
+    published = {v.name.removesuffix(":0"): v for v in loaded.variables}
+    missing = [
+        v.path for v in model.variables if v.path not in published or tuple(published[v.path].shape) != tuple(v.shape)
+    ]
+    if missing:
+        raise ValueError(f"{version_dir} is not the same network: {len(missing)} variables differ, e.g. {missing[:3]}")
+    for variable in model.variables:
+        variable.assign(published[variable.path].numpy())
+    return len(model.variables)
+
+
 def make_train_step(model, optimizer, loss_fn, hvd: Any) -> Callable:
     """One optimizer step on a batch (a ``tf.function``); under Horovod, gradients and loss are averaged."""
     import tensorflow as tf
@@ -88,14 +108,12 @@ def make_train_step(model, optimizer, loss_fn, hvd: Any) -> Callable:
     return train_step
 
 
-def make_validator(config: TrainConfig, model, val_cases: list[CaseArrays], hvd: Any) -> Callable[[], Scores]:
-    """Score this rank's validation cases with segcore's tiling, as serving does; under Horovod the
-    per-case scores are gathered, so every rank agrees on the best epoch."""
+def make_case_predictor(config: TrainConfig, model) -> Callable[[CaseArrays], np.ndarray]:
+    """Probabilities float32 ``[K, Z, Y, X]`` of one shard case with segcore's tiling, as serving does."""
     import tensorflow as tf
 
-    from segcore.tiling import predict_slices_2d, predict_sliding_window_3d, probabilities_to_labels
+    from segcore.tiling import predict_slices_2d, predict_sliding_window_3d
 
-    regions = brats_regions(config.labels, config.activation)
     out_channels = config.output_channels
     infer = tf.function(
         lambda x: model(x, training=False),
@@ -105,23 +123,40 @@ def make_validator(config: TrainConfig, model, val_cases: list[CaseArrays], hvd:
     def predict(batch: np.ndarray) -> np.ndarray:
         return infer(batch).numpy()
 
+    def probabilities(case: CaseArrays) -> np.ndarray:
+        volume = np.moveaxis(case.image.astype(np.float32), -1, 0)
+        if config.dims == 2:
+            return predict_slices_2d(volume, case.brain, predict, out_channels, divisor=config.divisor)
+        return predict_sliding_window_3d(
+            volume,
+            case.brain,
+            predict,
+            out_channels,
+            patch_size=(config.inference_patch,) * 3,
+            overlap=config.inference.overlap,
+        )
+
+    return probabilities
+
+
+def make_validator(config: TrainConfig, model, val_cases: list[CaseArrays], hvd: Any) -> Callable[[], Scores]:
+    """Score this rank's validation cases with segcore's tiling, as serving does; under Horovod the
+    per-case scores are gathered, so every rank agrees on the best epoch."""
+    from segcore.tiling import probabilities_to_labels
+
+    regions = brats_regions(config.labels, config.activation)
+    probabilities = make_case_predictor(config, model)
+
     def validate() -> Scores:
         scores = {}
+        keep = config.calibration.enabled and hvd is None
+        validate.probabilities = {}  # type: ignore[attr-defined]
         for case in val_cases:
-            volume = np.moveaxis(case.image.astype(np.float32), -1, 0)
-            if config.dims == 2:
-                probs = predict_slices_2d(volume, case.brain, predict, out_channels, divisor=config.divisor)
-            else:
-                probs = predict_sliding_window_3d(
-                    volume,
-                    case.brain,
-                    predict,
-                    out_channels,
-                    patch_size=(config.inference_patch,) * 3,
-                    overlap=config.inference.overlap,
-                )
+            probs = probabilities(case)
             pred = probabilities_to_labels(probs, config.labels, config.activation, config.threshold)
             scores[case.case_id] = region_dice(pred, case.label, regions)
+            if keep:  # the last validation's probabilities, reused by calibration when it is the best epoch
+                validate.probabilities[case.case_id] = probs  # type: ignore[attr-defined]
         if hvd is not None:
             merged: Scores = {}
             for part in hvd.allgather_object(scores):
@@ -130,6 +165,45 @@ def make_validator(config: TrainConfig, model, val_cases: list[CaseArrays], hvd:
         return scores
 
     return validate
+
+
+def calibrate_on_validation(
+    config: TrainConfig, model, cached: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Choose threshold and small-component removal on the validation shards with the loaded (best)
+    weights (:func:`training.calibrate.calibrate`); the summary's ``calibration`` entry. ``cached``: the
+    best epoch's validation probabilities when they are still at hand (a 3D sliding window over every
+    validation case is not cheap), else they are predicted again."""
+    from training.calibrate import calibrate
+
+    cases = load_cases(config.data.shards, config.data.validation)
+    if cached is not None and set(cached) == {case.case_id for case in cases}:
+        probs = cached
+    else:
+        probabilities = make_case_predictor(config, model)
+        probs = {case.case_id: probabilities(case) for case in cases}
+    voxel_ml = float(np.prod(config.spacing_mm)) / 1000.0
+    chosen = calibrate(
+        probs,
+        {case.case_id: case.label for case in cases},
+        config.labels,
+        config.activation,
+        brats_regions(config.labels, config.activation),
+        config.calibration.thresholds,
+        config.calibration.min_component_ml,
+        voxel_ml=voxel_ml,
+        default_threshold=config.threshold,
+    )
+    per_region = {r: float(np.mean([s[r] for s in chosen.scores.values()])) for r in next(iter(chosen.scores.values()))}
+    return {
+        "threshold": chosen.threshold,
+        "min_component_ml": chosen.min_component_ml,
+        "val_dice": chosen.mean_dice,
+        "val_dice_per_region": per_region,
+        "val_dice_per_case": chosen.scores,
+        "volumes_ml": chosen.volumes_ml,
+        "table": chosen.table,
+    }
 
 
 def run_epochs(config: TrainConfig, world: World, model, optimizer, loss_fn, quiet: bool) -> Progress:
@@ -147,6 +221,7 @@ def run_epochs(config: TrainConfig, world: World, model, optimizer, loss_fn, qui
         plan.seed,
         dims=config.dims,
         softmax=config.activation == "softmax",
+        augment=config.augmentation,
     )
     # Validation is split across ranks too, and the per-case scores gathered: every rank then agrees on
     # the best epoch without anyone idling (or timing out) while one rank validates.
@@ -181,6 +256,8 @@ def run_epochs(config: TrainConfig, world: World, model, optimizer, loss_fn, qui
         }
         if epoch % config.optim.validate_every == 0 or epoch == config.optim.epochs:
             _record_validation(entry, validate(), progress, model, run_dir / "checkpoints", plan.is_chief)
+            best_now = progress.best_epoch == epoch
+            progress.best_probabilities = getattr(validate, "probabilities", None) if best_now else None
         entry["elapsed_s"] = time.perf_counter() - started
         progress.history.append(entry)
         if plan.is_chief:
@@ -232,6 +309,8 @@ def train(
     quiet = quiet or not world.plan.is_chief
     keras.utils.set_random_seed(config.optim.seed)  # same initial weights everywhere (and broadcast anyway)
     model, optimizer, loss_fn = build_model(config, world.plan.learning_rate)
+    if config.init_from is not None:
+        load_published_weights(model, config.init_from)
     broadcast_initial_state(world.hvd, model, optimizer)
     run_dir = Path(config.run_dir) / config.name
     if world.plan.is_chief:
@@ -246,6 +325,8 @@ def train(
     if not world.plan.is_chief:
         return summary
     model.load_weights(run_dir / "checkpoints" / "best.weights.h5")
+    if config.calibration.enabled:
+        summary["calibration"] = calibrate_on_validation(config, model, progress.best_probabilities)
     if export:
         from training.export import export_version, model_card
 

@@ -53,7 +53,12 @@ def test_every_bundled_version_is_serving_and_ready(bundled):
     assert ready.status_code == 200, ready.text
     for name in BUNDLED:
         on_disk = sorted(int(p.name) for p in (MODELS_DIR / name).iterdir() if p.name.isdigit())
-        assert {v["version"]: v["state"] for v in models[name]["versions"]} == dict.fromkeys(on_disk, "serving")
+        states = {v["version"]: v["state"] for v in models[name]["versions"]}
+        assert set(states) == set(on_disk)
+        # The newest version passes the quality gate and is served; older ones stay loaded beside it.
+        assert states[on_disk[-1]] == "serving"
+        assert all(states[v] in ("loaded", "available") for v in on_disk[:-1]), states
+        assert models[name]["served_version"] == on_disk[-1]
         assert ready.json()["models"][name] == on_disk[-1]
 
 

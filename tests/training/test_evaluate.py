@@ -81,3 +81,23 @@ def test_per_region_dice_equals_the_hand_computed_values(tmp_path):
     assert row["dice_tc"] == pytest.approx(0.8, abs=1e-4)
     assert row["dice_et"] == pytest.approx(2 / 3, abs=1e-4)
     assert (row["pred_ml"], row["true_ml"]) == (0.64, 0.72)
+
+
+def test_the_summary_gives_means_per_source_and_the_volume_error(tmp_path):
+    import json
+
+    from training.evaluate import main
+
+    image, labels = _volumes()
+    case = tmp_path / "cases" / "hand_001"
+    case.mkdir(parents=True)
+    for array, name in ((image, "hand_001_flair.nii.gz"), (labels, "hand_001_seg.nii.gz")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(case / name))
+    version_dir = _model(tmp_path / "models", image)
+    assert main([str(version_dir), str(tmp_path / "cases"), "--json", str(tmp_path / "eval.json")]) == 0
+    summary = json.loads((tmp_path / "eval.json").read_text())["summary"]
+    assert set(summary) == {"other", "other:brats-standard"}  # one role, one source (layout)
+    per_source = summary["other:brats-standard"]
+    assert per_source["cases"] == 1
+    assert per_source["mean_dice_wt"] == pytest.approx(1280 / 1360, abs=1e-4)
+    assert per_source["mean_abs_volume_error_pct"] == pytest.approx((0.72 - 0.64) / 0.72 * 100, abs=0.1)

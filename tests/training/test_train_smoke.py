@@ -88,3 +88,47 @@ def test_published_versions_are_immutable(tiny_run):
     with pytest.raises(FileExistsError):
         export_version(build_unet(2, 1, 1, depth=2, base_filters=2), card, config.models_dir)
     assert not [p for p in (config.models_dir / "tiny-wt").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_augmented_calibrated_warm_started_run_publishes_its_calibration_in_the_card(tiny_run, tmp_path):
+    """A second tiny run, warm-started from the first one's export, with ``[augmentation]`` and
+    ``[calibration]`` on: the card carries the chosen threshold and removal and the Dice they give, and
+    calibration scored the very probabilities the last validation produced (its 0.5 / no-removal
+    candidate equals that validation's Dice)."""
+    config, _ = tiny_run
+    calibrated = config.model_copy(
+        update={
+            "name": "tiny-wt",
+            "init_from": config.models_dir / "tiny-wt" / "1",
+            "models_dir": tmp_path / "models",
+            "run_dir": tmp_path / "runs",
+            "optim": config.optim.model_copy(update={"epochs": 1, "steps_per_epoch": 3}),
+            "augmentation": config.augmentation.model_copy(update={"enabled": True}),
+            "calibration": config.calibration.model_copy(
+                update={"enabled": True, "thresholds": [0.3, 0.5, 0.7], "min_component_ml": [0.0, 0.05]}
+            ),
+        }
+    )
+    summary = train(calibrated, quiet=True)
+    chosen = summary["calibration"]
+    assert len(chosen["table"]) == 6
+    (plain,) = [t for t in chosen["table"] if (t["threshold"], t["min_component_ml"]) == (0.5, 0.0)]
+    assert plain["mean_dice"] == round(summary["best_val_dice"], 4)
+    assert round(chosen["val_dice"], 4) == max(t["mean_dice"] for t in chosen["table"])  # the best candidate
+    card = ModelCard.load(tmp_path / "models" / "tiny-wt" / "1")
+    assert card.threshold == chosen["threshold"]
+    assert card.postprocessing.min_component_ml == chosen["min_component_ml"]
+    assert card.postprocessing.calibrated_on == ["case_2"]
+    assert card.validation_dice["case_2"] == round(chosen["val_dice_per_case"]["case_2"]["WT"], 4)
+    assert set(chosen["volumes_ml"]["case_2"]) == {"pred_ml", "true_ml"}
+
+
+def test_a_warm_start_from_another_network_is_refused(tiny_run):
+    from training.loop import load_published_weights
+    from training.unet import build_unet
+
+    config, _ = tiny_run
+    same = build_unet(2, 1, 1, depth=2, base_filters=4)
+    assert load_published_weights(same, config.models_dir / "tiny-wt" / "1") == len(same.variables)
+    with pytest.raises(ValueError, match="not the same network"):
+        load_published_weights(build_unet(2, 1, 1, depth=2, base_filters=8), config.models_dir / "tiny-wt" / "1")
