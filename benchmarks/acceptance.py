@@ -35,7 +35,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import DEFAULT_CASE, REPO, RESULTS, SHARED_DATA, load_average, start_server  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_CASE,
+    REPO,
+    RESULTS,
+    SHARED_DATA,
+    call_times,
+    load_average,
+    start_server,
+)
 
 PAT0003 = SHARED_DATA / "brats2015_deepmedic" / "brats_2013_pat0003_1"
 STUDIES = {
@@ -155,13 +163,7 @@ def model_call_run(calls: int) -> dict:
     rows: dict = {}
     for backend in ("inprocess", "openvino", "openvino-int8"):
         runner = runner_factory(Settings(backend=backend, tuning_file=None))(version_dir, card)
-        for _ in range(5):
-            runner.predict(batch)
-        times = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            runner.predict(batch)
-            times.append(time.perf_counter() - t0)
+        times = call_times(runner.predict, batch, calls, warm=5)
         hint = str(getattr(runner, "precision", "f32")).lower()
         precision = "int8" if backend.endswith("int8") else "bf16" if "bf16" in hint else "f32"
         ceiling = peak["nominal_peak_gflops_fp32"] * _peak_factor(precision, peak, flags)

@@ -25,6 +25,19 @@ DEFAULT_MODEL = REPO / "models" / "brats-wt-flair"
 DEFAULT_CASE = SHARED_DATA / "brats2018_deepvoxnet2" / "case_6" / "FLAIR.nii.gz"
 
 
+def call_times(predict, batch: np.ndarray, reps: int, warm: int = 2) -> list[float]:
+    """Seconds of each of ``reps`` calls ``predict(batch)`` on one fixed input, after ``warm`` untimed
+    calls (first calls allocate and compile)."""
+    for _ in range(warm):
+        predict(batch)
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        predict(batch)
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def load_average() -> list[float]:
     """1/5/15-minute load average: how busy the shared machine was (2 cores here)."""
     return [round(x, 2) for x in os.getloadavg()]

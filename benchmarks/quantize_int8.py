@@ -29,11 +29,11 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import call_times
 from segcore.card import ModelCard, Variant
 from segcore.model_folder import CARD_RELPATH, latest_version_dir
 from segcore.runner import Runner, SavedModelRunner
@@ -93,14 +93,7 @@ def quantize(version_dir: Path, batches: list[np.ndarray]) -> Path:
 def time_calls(runner: Runner, shape: tuple[int, ...], reps: int) -> float:
     """Median seconds of one model call on a fixed random input of ``shape`` (after two warm calls)."""
     batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(2):
-        runner.predict(batch)
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        runner.predict(batch)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(call_times(runner.predict, batch, reps))
 
 
 def main(argv: list[str] | None = None) -> None:
