@@ -124,10 +124,10 @@ def _register(
         t0 = time.perf_counter()
         moving = images[name]
         if ref_brain is None:
-            fixed_outline = sitk.GetArrayViewFromImage(background_mask(reference)) > 0
+            fixed_outline = sitk.GetArrayFromImage(background_mask(reference)) > 0
         else:
             fixed_outline = ref_brain
-        if already_aligned(reference, moving, fixed_outline, sitk.GetArrayViewFromImage(background_mask(moving)) > 0):
+        if already_aligned(reference, moving, fixed_outline, sitk.GetArrayFromImage(background_mask(moving)) > 0):
             out[name] = moving
             report.registration[name] = {"left_alone": True, "reason": "same grid and same brain outline"}
             report.step("registration", t0, modality=name, left_alone=True)
@@ -194,7 +194,7 @@ def prepare_input(
             images = _bias_correct(images, modalities, brain, report)
     brain_view = sitk.GetArrayViewFromImage(brain) > 0 if brain is not None else None
     if brain_view is None:
-        brain_view = sitk.GetArrayViewFromImage(background_mask(reference)) > 0
+        brain_view = sitk.GetArrayFromImage(background_mask(reference)) > 0
     report.brain_volume_ml = _brain_ml(brain_view, reference)
     if brain is not None or findings[modalities[0]].stripped:
         report.warnings.extend(

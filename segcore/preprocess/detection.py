@@ -95,7 +95,7 @@ def brain_contrast(image: sitk.Image, brain: sitk.Image) -> float:
     ``brain``: uint8 mask on ``image``'s grid. 0 = indistinguishable (no brain), 1 = fully separated.
     """
     radius = [max(1, int(round(SHELL_MM / s))) for s in image.GetSpacing()]
-    grown = sitk.GetArrayViewFromImage(sitk.BinaryDilate(sitk.Cast(brain, sitk.sitkUInt8), radius)) > 0
+    grown = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.Cast(brain, sitk.sitkUInt8), radius)) > 0
     inside = sitk.GetArrayViewFromImage(brain) > 0
     values = sitk.GetArrayViewFromImage(image)
     a, b = np.sort(values[inside][::5]), np.sort(values[grown & ~inside][::5])
