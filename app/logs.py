@@ -98,6 +98,11 @@ def configure_logging(level: str) -> None:
     handler.addFilter(WithholdDicomText())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Our own loggers carry the level themselves: a library that lowers the root logger's level when it
+    # is first used (seen: a model load under SEG_BACKEND=auto left the root at WARNING) must not
+    # silence them.
+    for name in ("app", "segcore"):
+        logging.getLogger(name).setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

@@ -21,9 +21,6 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="stable code, e.g. unknown_model, upload_too_large, busy")
     detail: str = Field(description="what went wrong, for people")
-    request_id: str | None = Field(
-        None, description="500 internal_error only: the id of the log line that records the failure (no message)"
-    )
 
 
 class Health(BaseModel):

@@ -78,6 +78,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         tmp,
         {
             "SEG_MODELS_DIR": str(models),
+            # TensorFlow, not auto: the failing model's assertion op is TensorFlow's (OpenVINO's conversion
+            # drops it, and auto would pick OpenVINO); this server tests the exception boundary.
+            "SEG_BACKEND": "inprocess",
             "SEG_MAX_UPLOAD_MB": "32",
             "SEG_MEMORY_BUDGET_MB": str(BUDGET_MB),
             "SEG_MAX_CONCURRENT_INFERENCES": "1",

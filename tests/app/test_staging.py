@@ -101,12 +101,13 @@ def test_a_client_that_disconnects_during_inference_leaves_nothing_staged(gated,
 
 
 def _large_series() -> bytes:
-    """160 axial 384x384 DICOM slices of a smooth head with a bright lesion: a 0.3 MB zip whose DICOM SEG
-    answer is 2.9 MB (one bit per voxel), far more than loopback socket buffers hold for a client that
-    does not read."""
-    z, y, x = np.ogrid[:160, :384, :384]
-    head = ((z - 80) / 70.0) ** 2 + ((y - 192) / 170.0) ** 2 + ((x - 192) / 150.0) ** 2 <= 1
-    lesion = ((z - 100) / 12.0) ** 2 + ((y - 150) / 20.0) ** 2 + ((x - 250) / 20.0) ** 2 <= 1
+    """200 axial 512x512 DICOM slices of a smooth head with a bright lesion through ~190 of them: a small
+    zip whose DICOM SEG answer (one bit per voxel of every frame with lesion; empty frames are left out)
+    is about 6 MB, more than loopback socket buffers (up to 4 MB sent, 4 KB received) hold for a client
+    that does not read."""
+    z, y, x = np.ogrid[:200, :512, :512]
+    head = ((z - 100) / 98.0) ** 2 + ((y - 256) / 230.0) ** 2 + ((x - 256) / 200.0) ** 2 <= 1
+    lesion = ((z - 100) / 97.0) ** 2 + ((y - 200) / 50.0) ** 2 + ((x - 330) / 50.0) ** 2 <= 1
     volume = np.where(head, np.where(lesion, 300, 100), 0).astype(np.float32)
     image = sitk.GetImageFromArray(volume)
     image.SetSpacing((0.6, 0.6, 1.0))
