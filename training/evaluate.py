@@ -24,6 +24,17 @@ from segcore.threads import apply_thread_env
 from training.datasets import discover
 
 
+def _brats_labels(case) -> np.ndarray:
+    """The case's label volume (int ``[Z, Y, X]``) with the archive's values mapped to the BraTS
+    convention (binary archives: 1 = whole tumour)."""
+    # A copy, not a view: a view of the temporary image would read freed memory.
+    raw = np.rint(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label), sitk.sitkFloat32))).astype(int)
+    source = np.zeros_like(raw)
+    for value, target in case.layout.label_values.items():
+        source[raw == value] = target
+    return source
+
+
 def evaluate(
     version_dir: Path,
     roots: list[Path],
@@ -57,12 +68,7 @@ def evaluate(
         result = segment(images, runner, mirror=mirror)
         seconds = time.perf_counter() - t0
         pred = sitk.GetArrayViewFromImage(result.mask)
-        # A copy, not a view: a view of the temporary image would read freed memory.
-        raw = np.rint(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label), sitk.sitkFloat32))).astype(int)
-        # The archive's label values in the BraTS convention (binary archives: 1 = whole tumour).
-        source = np.zeros_like(raw)
-        for value, target in case.layout.label_values.items():
-            source[raw == value] = target
+        source = _brats_labels(case)
         row = {
             "case": case.case_id,
             "layout": case.layout.name,
