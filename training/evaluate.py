@@ -6,6 +6,9 @@ compares with the label on the original grid. Whole-tumour Dice for every model;
 model (``ModelCard.regions``) also tumour core (TC) and enhancing tumour (ET), with the truth's regions
 taken from the archive's own label values (BraTS 2015 label 3 counts as core). Prints a table and writes
 JSON.
+
+``--shift thick|bias`` scores each case after a simulated protocol shift (:mod:`training.shifts`: thick
+oblique slices, or a bias field), against the label on the shifted grid.
 """
 
 from __future__ import annotations
@@ -24,15 +27,30 @@ from segcore.threads import apply_thread_env
 from training.datasets import discover
 
 
-def _brats_labels(case) -> np.ndarray:
-    """The case's label volume (int ``[Z, Y, X]``) with the archive's values mapped to the BraTS
+def _brats_labels(case) -> sitk.Image:
+    """The case's label volume (uint8, the archive's grid) with the archive's values mapped to the BraTS
     convention (binary archives: 1 = whole tumour)."""
+    label = sitk.ReadImage(str(case.label), sitk.sitkFloat32)
     # A copy, not a view: a view of the temporary image would read freed memory.
-    raw = np.rint(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label), sitk.sitkFloat32))).astype(int)
-    source = np.zeros_like(raw)
+    raw = np.rint(sitk.GetArrayFromImage(label)).astype(int)
+    source = np.zeros(raw.shape, dtype=np.uint8)
     for value, target in case.layout.label_values.items():
         source[raw == value] = target
-    return source
+    image = sitk.GetImageFromArray(source)
+    image.CopyInformation(label)
+    return image
+
+
+def _load(case, modalities: list[str], shift: str | None) -> tuple[dict[str, sitk.Image], np.ndarray]:
+    """The case's images (float32, or int16 after a ``thick`` shift) and its BraTS label array ``[Z, Y, X]``
+    on the same grid, after the named :mod:`training.shifts` shift (None: as archived)."""
+    images = {m: sitk.ReadImage(str(case.files[m]), sitk.sitkFloat32) for m in modalities}
+    label = _brats_labels(case)
+    if shift is not None:
+        from training.shifts import SHIFTS
+
+        images, label = SHIFTS[shift](images, label)
+    return images, sitk.GetArrayFromImage(label).astype(int)
 
 
 def evaluate(
@@ -42,8 +60,10 @@ def evaluate(
     *,
     mirror: bool | None = None,
     runner: Runner | None = None,
+    shift: str | None = None,
 ) -> list[dict]:
     """One row per case: Dice per region, predicted and true volumes (mL) and seconds per volume.
+    ``shift``: a :data:`training.shifts.SHIFTS` name applied to every case first (None: as archived).
 
     ``runner``: what runs the network (default: the SavedModel in TensorFlow); another runtime's runner
     for the same version (``benchmarks/quantize_int8.py`` validates an INT8 variant this way)."""
@@ -63,12 +83,11 @@ def evaluate(
         found = [c for c in found if c.case_id in cases]
     rows = []
     for case in found:
-        images = {m: sitk.ReadImage(str(case.files[m]), sitk.sitkFloat32) for m in card.modalities}
+        images, source = _load(case, list(card.modalities), shift)
         t0 = time.perf_counter()
         result = segment(images, runner, mirror=mirror)
         seconds = time.perf_counter() - t0
         pred = sitk.GetArrayViewFromImage(result.mask)
-        source = _brats_labels(case)
         row = {
             "case": case.case_id,
             "layout": case.layout.name,
@@ -86,8 +105,9 @@ def evaluate(
             predicted = pred > 0 if name == "WT" else np.isin(pred, values)
             row[f"dice_{name.lower()}"] = round(dice(predicted, truth), 4)
             if name == "WT":
-                row["pred_ml"] = round(float(predicted.sum()) / 1000, 2)
-                row["true_ml"] = round(float(truth.sum()) / 1000, 2)
+                voxel_ml = float(np.prod(result.mask.GetSpacing())) / 1000
+                row["pred_ml"] = round(float(predicted.sum()) * voxel_ml, 2)
+                row["true_ml"] = round(float(truth.sum()) * voxel_ml, 2)
         row["seconds"] = round(seconds, 2)
         rows.append(row)
     return rows
@@ -123,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mirror", choices=("card", "on", "off"), default="card", help="3D flip test-time augmentation"
     )
+    parser.add_argument("--shift", choices=("thick", "bias"), default=None,
+                        help="simulated protocol shift applied to every case first (training.shifts)")
     args = parser.parse_args(argv)
     apply_thread_env(intra_op=args.intra_op)
     mirror = None if args.mirror == "card" else args.mirror == "on"
-    rows = evaluate(args.version_dir, args.roots, [c for c in args.cases.split(",") if c] or None, mirror=mirror)
+    cases = [c for c in args.cases.split(",") if c] or None
+    rows = evaluate(args.version_dir, args.roots, cases, mirror=mirror, shift=args.shift)
     metrics = [k for k in ("dice_wt", "dice_tc", "dice_et") if any(k in r for r in rows)]
     print(f"{'case':24} {'role':10} " + " ".join(f"{m.replace('dice_', 'Dice ').upper():>8}" for m in metrics)
           + f" {'pred mL':>8} {'true mL':>8} {'s':>6}")
@@ -147,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"model": str(args.version_dir), "mirror": args.mirror, "cases": rows, "summary": summary},
-                       indent=2) + "\n"
+            json.dumps({"model": str(args.version_dir), "mirror": args.mirror, "shift": args.shift, "cases": rows,
+                        "summary": summary}, indent=2) + "\n"
         )
     return 0
 
