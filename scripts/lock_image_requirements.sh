@@ -33,7 +33,19 @@ $pip freeze --all --exclude-editable | grep -v '^pip==' | LC_ALL=C sort >"$work/
 mkdir -p deploy/lock
 { header "The service image: base dependencies + extras serve, openvino (Python 3.11, linux x86_64)."
   cat "$work/serve.freeze"; } >deploy/lock/serve.txt
+# pip freeze never lists argparse (pip counts it among the standard library's names), but unittest2, pulled by batchgenerators,
+# declares the PyPI backport, and the image's `pip check` fails without it. Python 3 imports the standard
+# library's argparse first, so the backport is never used.
+argparse_pin=""
+if grep -q '^unittest2==' "$work/train.freeze"; then
+  argparse_pin="argparse==$("$work/venv/bin/python" -c 'import importlib.metadata as m; print(m.version("argparse"))')"
+fi
 { header "The train image, on top of serve.txt: what extra train adds."
+  if [ -n "$argparse_pin" ]; then
+    echo "# unittest2 (pulled by batchgenerators) declares the PyPI argparse backport; without it \`pip check\`"
+    echo "# fails. Python 3 imports the standard library argparse first, so this one is never used."
+    echo "$argparse_pin"
+  fi
   comm -13 "$work/serve.freeze" "$work/train.freeze"; } >deploy/lock/train.txt
 # A version change of a serve package by the train extra would make the two images disagree.
 changed="$(comm -13 "$work/serve.freeze" "$work/train.freeze" | cut -d= -f1 | grep -Fxf <(cut -d= -f1 "$work/serve.freeze") || true)"
