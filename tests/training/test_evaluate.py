@@ -101,3 +101,26 @@ def test_the_summary_gives_means_per_source_and_the_volume_error(tmp_path):
     assert per_source["cases"] == 1
     assert per_source["mean_dice_wt"] == pytest.approx(1280 / 1360, abs=1e-4)
     assert per_source["mean_abs_volume_error_pct"] == pytest.approx((0.72 - 0.64) / 0.72 * 100, abs=0.1)
+
+
+def test_robustness_runs_every_version_under_every_shift_and_draws_it(tmp_path):
+    """``training.robustness``: one version, three conditions; the archived cell is the hand-computed Dice
+    and the shifted cells really saw shifted inputs (another grid, other intensities)."""
+    import json
+
+    from training.robustness import CONDITIONS, main
+
+    image, labels = _volumes()
+    case = tmp_path / "cases" / "hand_001"
+    case.mkdir(parents=True)
+    for array, name in ((image, "hand_001_flair.nii.gz"), (labels, "hand_001_seg.nii.gz")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(case / name))
+    version_dir = _model(tmp_path / "models", image)
+    out = tmp_path / "robustness.json"
+    assert main([str(version_dir), str(tmp_path / "cases"), "--out", str(out)]) == 0
+    table = json.loads(out.read_text())["table"]["bands/1"]
+    assert list(table) == CONDITIONS == ["as archived", "thick", "bias"]
+    assert table["as archived"][0]["dice_wt"] == pytest.approx(1280 / 1360, abs=1e-4)
+    assert table["thick"][0]["true_ml"] != 0.72, "the label was moved onto the thick grid"
+    assert table["bias"][0]["dice_wt"] != table["as archived"][0]["dice_wt"], "the field changed the bands"
+    assert out.with_suffix(".png").stat().st_size > 10_000
