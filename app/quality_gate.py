@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def compare(candidate: ModelCard, incumbent: ModelCard, tolerance: float) -> Ver
 
 
 def read_operator_promotions(model_root: Path) -> dict[int, dict]:
-    """Versions an operator promoted: ``{version: {"at": iso time}}``; empty when none or unreadable."""
+    """Versions an operator promoted: ``{version: {"at": iso time, ...}}``; empty when none or unreadable.
+    An entry may say ``"by"`` and ``"reason"`` (a promotion bundled with a model says why the gate was
+    overruled); :func:`verdicts` repeats the reason."""
     try:
         data = json.loads((model_root / PROMOTIONS_FILE).read_text())
         return {int(v): dict(entry) for v, entry in data.get("promoted", {}).items()}
@@ -99,11 +102,15 @@ def record_operator_promotion(model_root: Path, version: int) -> None:
 
 
 def verdicts(
-    cards: dict[int, ModelCard], operator: set[int], tolerance: float, skip: set[int] = frozenset()
+    cards: dict[int, ModelCard],
+    operator: Mapping[int, dict] | set[int],
+    tolerance: float,
+    skip: set[int] = frozenset(),
 ) -> dict[int, Verdict]:
     """Verdicts for every version of ``cards``, oldest first, each gated against the newest promoted
-    version before it (the one it would replace). ``skip`` (versions that failed to load) get none and
-    are never anyone's incumbent."""
+    version before it (the one it would replace). ``operator``: the versions an operator promoted, with
+    their recorded entries (:func:`read_operator_promotions`) whose ``reason`` the verdict repeats. ``skip``
+    (versions that failed to load) get none and are never anyone's incumbent."""
     result: dict[int, Verdict] = {}
     incumbent: ModelCard | None = None
     for version in sorted(cards):
@@ -111,7 +118,8 @@ def verdicts(
             continue
         card = cards[version]
         if version in operator:
-            verdict = Verdict(True, "operator", "promoted explicitly by an operator")
+            why = operator.get(version, {}).get("reason") if isinstance(operator, Mapping) else None
+            verdict = Verdict(True, "operator", "promoted explicitly by an operator" + (f": {why}" if why else ""))
         elif incumbent is None:
             verdict = Verdict(True, "first", "no earlier version to compare with")
         else:

@@ -384,13 +384,12 @@ class ModelRegistry:
         again, at most once per version. If its load is deferred (TF Serving has not loaded it yet), the
         newest promoted version already loaded keeps serving.
         """
-        operator = quality_gate.read_operator_promotions(self.models_dir / name).keys() | self._operator.get(
-            name, set()
-        )
+        recorded = quality_gate.read_operator_promotions(self.models_dir / name)
+        operator = {v: recorded.get(v, {}) for v in recorded.keys() | self._operator.get(name, set())}
         cards = {v: c for v in versions if (c := self._card(name, v)) is not None}
         self._cards = {k: c for k, c in self._cards.items() if k[0] != name or k[1] in versions}  # drop removed
         for _ in range(len(versions) + 1):
-            verdicts = quality_gate.verdicts(cards, set(operator), self.tolerance, skip=set(failed))
+            verdicts = quality_gate.verdicts(cards, operator, self.tolerance, skip=set(failed))
             promoted = [v for v, verdict in verdicts.items() if verdict.promoted]
             if not promoted:
                 return verdicts, None

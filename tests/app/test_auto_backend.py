@@ -69,10 +69,11 @@ def test_backends() -> Iterator[list[str]]:
 
 
 def _models_dir(tmp_path: Path) -> Path:
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / BUNDLED_MODEL).symlink_to(bundled_version_dir().parent, target_is_directory=True)
-    return models
+    """A models directory holding only the bundled model's newest version (one version, one selection)."""
+    newest = bundled_version_dir()
+    (tmp_path / "models" / BUNDLED_MODEL).mkdir(parents=True)
+    (tmp_path / "models" / BUNDLED_MODEL / newest.name).symlink_to(newest, target_is_directory=True)
+    return tmp_path / "models"
 
 
 def test_auto_refuses_answers_outside_the_tolerance_and_serves_the_fastest_of_the_rest(tmp_path, test_backends):
@@ -156,4 +157,4 @@ def test_the_default_server_chooses_a_backend_and_reports_its_timings(tmp_path):
     assert all(t["warmup_ms"] > 0 for t in trials.values() if t["verdict"] in ("accepted", "chosen"))
     if "openvino" in trials:  # SEG_CACHE_DIR's default: converted on this machine's first start only
         assert trials["openvino"]["cache"] in ("hit", "miss"), trials["openvino"]
-    assert f"auto_backend model={BUNDLED_MODEL} version=1 chosen={version['backend']}" in srv.log()
+    assert f"auto_backend model={BUNDLED_MODEL} version={version['version']} chosen={version['backend']}" in srv.log()

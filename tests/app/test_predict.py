@@ -39,9 +39,15 @@ def test_discover_takes_a_dicom_series_folder_as_one_case():
 
 
 @pytest.fixture(scope="module")
-def predicted(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path, Path]:
+def predicted(
+    tmp_path_factory: pytest.TempPathFactory, server: Server
+) -> tuple[subprocess.CompletedProcess, Path, Path]:
     """The command over a folder holding two real cases (linked in place, never copied), a case whose
-    FLAIR is cut short, and a folder with nothing to segment."""
+    FLAIR is cut short, and a folder with nothing to segment; on the backend the server's ``auto`` chose
+    (the choice is timed, so two processes may pick differently on a busy machine)."""
+    with server.client() as client:
+        described = client.get(f"/models/{BUNDLED_MODEL}").json()
+    (served,) = [v for v in described["versions"] if v["state"] == "serving"]
     root = shared_case("brats2018_deepvoxnet2")
     tmp = tmp_path_factory.mktemp("predict")
     inputs = tmp / "cases"
@@ -59,6 +65,7 @@ def predicted(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
         "SEG_TMP_DIR": str(tmp / "staging"),
         "SEG_INTRA_OP_THREADS": "2",  # as the test server, so both run the same arithmetic
         "SEG_INTER_OP_THREADS": "1",
+        "SEG_BACKEND": served["backend"],
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     (tmp / "staging").mkdir()

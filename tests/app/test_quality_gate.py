@@ -61,6 +61,25 @@ def test_each_version_is_judged_against_the_newest_promoted_one_before_it():
     assert 1 not in verdicts(cards, set(), 0.0, skip={1}) and verdicts(cards, set(), 0.0, skip={1})[2].by == "first"
 
 
+def test_a_recorded_promotion_says_why_the_gate_was_overruled(tmp_path):
+    """The bundled 2D model ships a promotion of version 2 with its reason: the verdict repeats it, and
+    the bundled file itself promotes version 2 over the gate's refusal."""
+    from app.quality_gate import read_operator_promotions
+
+    (tmp_path / PROMOTIONS_FILE).write_text(json.dumps({"promoted": {"2": {"at": "t", "reason": "robust"}}}))
+    cards = {1: _card(1, {"a": 0.8}), 2: _card(2, {"a": 0.7})}
+    judged = verdicts(cards, read_operator_promotions(tmp_path), 0.0)
+    assert judged[2].promoted and judged[2].by == "operator" and judged[2].reason.endswith(": robust")
+    assert verdicts(cards, {2}, 0.0)[2].reason == "promoted explicitly by an operator"
+
+    bundled = REPO / "models" / "brats-wt-flair"
+    bundled_cards = {int(p.name): ModelCard.load(p) for p in bundled.iterdir() if p.name.isdigit()}
+    recorded = read_operator_promotions(bundled)
+    assert not verdicts(bundled_cards, set(), 0.0)[2].promoted, "the gate alone refuses version 2"
+    served = verdicts(bundled_cards, recorded, 0.0)[2]
+    assert served.promoted and "TCIA05" in served.reason
+
+
 def _client_loop(url: str, payload: bytes, stop: threading.Event, out: list[tuple[int, str | None]]) -> None:
     with httpx.Client(base_url=url, timeout=60) as client:
         while not stop.is_set():
