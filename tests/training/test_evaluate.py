@@ -32,6 +32,16 @@ def _volumes() -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
+def _write_hand_case(root):
+    """The hand-drawn case as ``<root>/hand_001`` (standard BraTS names); returns its image array."""
+    image, labels = _volumes()
+    case = root / "hand_001"
+    case.mkdir(parents=True)
+    for array, name in ((image, "hand_001_flair.nii.gz"), (labels, "hand_001_seg.nii.gz")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(case / name))
+    return image
+
+
 def _model(models_dir, image: np.ndarray):
     """Softmax over (background, 1, 2, 4) from the brain z-score of the intensities above; the cut points
     are midpoints of the z-scores computed here with numpy (clip is raised so nothing saturates)."""
@@ -66,11 +76,7 @@ def _model(models_dir, image: np.ndarray):
 
 
 def test_per_region_dice_equals_the_hand_computed_values(tmp_path):
-    image, labels = _volumes()
-    case = tmp_path / "cases" / "hand_001"
-    case.mkdir(parents=True)
-    for array, name in ((image, "hand_001_flair.nii.gz"), (labels, "hand_001_seg.nii.gz")):
-        sitk.WriteImage(sitk.GetImageFromArray(array), str(case / name))
+    image = _write_hand_case(tmp_path / "cases")
     (row,) = evaluate(_model(tmp_path / "models", image), [tmp_path / "cases"])
     # One column of a region = 40 voxels. Predicted: 1 on x 4-7, 2 on x 8-15, 4 on x 16-19.
     # Truth: 1 on x 4-5, 3 on x 6-7, 2 on x 8-11 and 20-21, 4 on x 12-19.
@@ -88,11 +94,7 @@ def test_the_summary_gives_means_per_source_and_the_volume_error(tmp_path):
 
     from training.evaluate import main
 
-    image, labels = _volumes()
-    case = tmp_path / "cases" / "hand_001"
-    case.mkdir(parents=True)
-    for array, name in ((image, "hand_001_flair.nii.gz"), (labels, "hand_001_seg.nii.gz")):
-        sitk.WriteImage(sitk.GetImageFromArray(array), str(case / name))
+    image = _write_hand_case(tmp_path / "cases")
     version_dir = _model(tmp_path / "models", image)
     assert main([str(version_dir), str(tmp_path / "cases"), "--json", str(tmp_path / "eval.json")]) == 0
     summary = json.loads((tmp_path / "eval.json").read_text())["summary"]
@@ -110,11 +112,7 @@ def test_robustness_runs_every_version_under_every_shift_and_draws_it(tmp_path):
 
     from training.robustness import CONDITIONS, main
 
-    image, labels = _volumes()
-    case = tmp_path / "cases" / "hand_001"
-    case.mkdir(parents=True)
-    for array, name in ((image, "hand_001_flair.nii.gz"), (labels, "hand_001_seg.nii.gz")):
-        sitk.WriteImage(sitk.GetImageFromArray(array), str(case / name))
+    image = _write_hand_case(tmp_path / "cases")
     version_dir = _model(tmp_path / "models", image)
     out = tmp_path / "robustness.json"
     assert main([str(version_dir), str(tmp_path / "cases"), "--out", str(out)]) == 0
