@@ -9,8 +9,9 @@ makes shards for it and records :meth:`TrainConfig.shard_spec`, which training c
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +28,27 @@ from segcore.card import (
 )
 from segcore.preprocess import PreprocessSpec
 from training.augment import AugmentConfig
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set one value of a parsed TOML config in place: ``item`` is ``dotted.key=<TOML value>``, e.g.
+    ``augmentation.enabled=false``, ``optim.learning_rate=1e-3`` or ``data.validation=["case_6"]``
+    (strings quoted, as in the file). Missing tables are created; unknown keys are then refused by the
+    config's own validation (every table forbids extra keys). Raises ValueError on a malformed item."""
+    key, sep, value = item.partition("=")
+    path = [part.strip() for part in key.split(".")]
+    if not sep or not all(path):
+        raise ValueError(f"override {item!r}: expected dotted.key=value, e.g. augmentation.enabled=false")
+    try:
+        parsed = tomllib.loads(f"value = {value.strip()}")["value"]
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"override {item!r}: {value.strip()!r} is not a TOML value (quote strings)") from error
+    table = raw
+    for part in path[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ValueError(f"override {item!r}: {part!r} is a value, not a table")
+    table[path[-1]] = parsed
 
 
 class DataConfig(BaseModel):
@@ -145,9 +167,13 @@ class TrainConfig(BaseModel):
     licence_notes: list[str] = []
 
     @classmethod
-    def load(cls, path: Path) -> TrainConfig:
+    def load(cls, path: Path, overrides: Sequence[str] = ()) -> TrainConfig:
+        """The config in ``path`` with ``overrides`` applied before validation (see :func:`apply_override`),
+        so an experiment that flips one setting needs no copy of the file and is validated like it."""
         with Path(path).open("rb") as fh:
             raw = tomllib.load(fh)
+        for item in overrides:
+            apply_override(raw, item)
         if "labels" in raw:  # TOML keys are strings
             raw["labels"] = {int(k): v for k, v in raw["labels"].items()}
         config = cls.model_validate(raw)

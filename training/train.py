@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="training config (TOML)")
     parser.add_argument("--no-export", action="store_true", help="train and plot, but publish nothing")
     parser.add_argument("--version", type=int, default=None, help="version number to publish (default: next)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config value before validation (repeatable), e.g. --set augmentation.enabled=false",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
     parser.add_argument("--steps", type=int, default=None, help="override optim.steps_per_epoch")
     parser.add_argument("--models-dir", type=Path, default=None, help="override models_dir")
@@ -32,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horovod", action="store_true", help="data-parallel under horovodrun (see README)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    config = TrainConfig.load(args.config)
+    try:
+        config = TrainConfig.load(args.config, args.overrides)
+    except ValueError as error:  # pydantic's ValidationError is a ValueError: unknown keys, bad values
+        parser.error(str(error))
     if args.epochs:
         config.optim.epochs = args.epochs
     if args.steps:

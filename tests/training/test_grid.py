@@ -2,6 +2,7 @@
 refuses shards converted for another grid (before any epoch)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,27 @@ def test_convert_takes_the_grid_from_the_config_or_the_flags_not_both(tmp_path, 
     with pytest.raises(SystemExit):
         convert_main([str(tmp_path), "--config", str(config), "--spacing", "2,2,2"])
     assert "come from --config" in capsys.readouterr().err
+
+
+def test_command_line_overrides_are_validated_like_the_file(tmp_path, capsys):
+    from training.train import main as train_main
+
+    bundled = Path(__file__).resolve().parents[2] / "training" / "configs" / "brats-wt-flair.toml"
+    plain = TrainConfig.load(bundled)
+    flipped = TrainConfig.load(bundled, ["augmentation.enabled=false", 'augmentation.thick_slice_profile="gaussian"',
+                                         "optim.learning_rate = 1e-3", 'data.validation=["case_6"]'])
+    assert plain.augmentation.enabled and not flipped.augmentation.enabled
+    assert flipped.augmentation.thick_slice_profile == "gaussian"
+    assert (flipped.optim.learning_rate, flipped.data.validation) == (1e-3, ["case_6"])
+    assert flipped.data.train == plain.data.train  # nothing else moves
+    with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
+        TrainConfig.load(bundled, ["augmentation.p_thik_slices=0.5"])  # a misspelt key, refused as in the file
+    with pytest.raises(ValueError, match="not a TOML value"):
+        TrainConfig.load(bundled, ["augmentation.thick_slice_profile=gaussian"])  # strings are quoted
+    with pytest.raises(ValueError, match="expected dotted.key=value"):
+        TrainConfig.load(bundled, ["augmentation.enabled"])
+    with pytest.raises(ValueError, match="is a value, not a table"):
+        TrainConfig.load(bundled, ["name.x=1"])
+    with pytest.raises(SystemExit) as exit_:  # the command says so before TensorFlow starts
+        train_main(["--config", str(bundled), "--set", "optim.epochs=0"])
+    assert exit_.value.code == 2 and "optim.epochs" in capsys.readouterr().err
