@@ -18,6 +18,7 @@ and scikit-image (plus light pure-Python requirements), and it is what nnU-Net t
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,8 +43,20 @@ class AugmentConfig(BaseModel):
     p_brightness: float = Field(0.15, ge=0, le=1)
     p_noise: float = Field(0.15, ge=0, le=1)
     p_blur: float = Field(0.2, ge=0, le=1)
-    p_thick_slices: float = Field(0.25, ge=0, le=1)
+    p_thick_slices: float = Field(0.25, ge=0, le=1, description="per crop, along one axis of the crop")
+    p_thick_through_plane: float = Field(
+        0.125, ge=0, le=1,
+        description="2D only, per crop: the slice taken from a simulated thick axial acquisition (through "
+        "the slab of neighbouring slices, training.data.CropSampler), what a thick axial scan resampled to "
+        "1 mm gives the model; version 2 was trained with 0.125",
+    )
     thick_slice_mm: tuple[float, float] = (3.0, 6.0)
+    thick_slice_profile: Literal["point", "gaussian"] = Field(
+        "point",
+        description="point: batchgenerators' linear down-sampling (point samples, no partial volume; version 2's "
+        "recipe); gaussian: a Gaussian slice profile (FWHM = the slice thickness) at a random slice phase, "
+        "see simulate_thick_slices",
+    )
 
 
 def input_size(patch: int, config: AugmentConfig) -> int:
@@ -89,29 +102,72 @@ class BiasFieldTransform:
         return batch
 
 
-class ThickSliceTransform:
-    """Simulated thick slices: one spatial axis (2D: either in-plane axis; 3D: any) down-sampled by a
-    factor 1/3-1/6 (the voxels are 1 mm, so 3-6 mm slices) with linear interpolation and brought back to
-    the patch grid with linear interpolation, as a thick-slice scan resampled to 1 mm looks to the model.
-    ``axes`` restricts which axes may be chosen."""
+def _lerp(array: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
+    """``array`` linearly interpolated at fractional ``positions`` (in ``[0, n - 1]``) along ``axis``."""
+    low = np.clip(np.floor(positions).astype(int), 0, array.shape[axis] - 1)
+    high = np.minimum(low + 1, array.shape[axis] - 1)
+    shape = [1] * array.ndim
+    shape[axis] = len(positions)
+    weight = (positions - low).reshape(shape).astype(array.dtype)
+    return np.take(array, low, axis=axis) * (1 - weight) + np.take(array, high, axis=axis) * weight
 
-    def __init__(self, slice_mm: tuple[float, float] = (3.0, 6.0), p_per_sample: float = 0.25, axes=None):
-        self.slice_mm, self.p, self.axes = slice_mm, p_per_sample, axes
+
+def simulate_thick_slices(array: np.ndarray, axis: int, thickness: float, phase: float) -> np.ndarray:
+    """``array`` (float32, 1 mm voxels along ``axis``) as a scan with ``thickness``-mm slices resampled back
+    to 1 mm: each slice integrates a Gaussian slice profile (FWHM = ``thickness``, the partial-volume
+    averaging of a real slice), slices are centred at ``phase + k * thickness`` (``phase`` in
+    ``[0, thickness)``), and every 1 mm plane is linearly interpolated between the two nearest slice
+    centres (edge planes take the nearest slice). Same shape and dtype as ``array``.
+
+    Why not batchgenerators' ``augment_linear_downsampling_scipy``: it point-samples (no slice profile,
+    so no partial volume), and with an odd number of samples over a slab the centre plane is a sample
+    and comes back unchanged, so a 2D model trained on it sees many "thick" slices that are not.
+    ``training.shifts.thick_slices`` (the evaluation shift) has a Gaussian slice profile too."""
+    from scipy.ndimage import gaussian_filter1d
+
+    n = array.shape[axis]
+    profiled = gaussian_filter1d(array, sigma=thickness / 2.3548, axis=axis, mode="nearest")
+    centres = np.arange(phase, n - 1 + 1e-6, thickness)
+    if len(centres) < 2:  # shorter than two slices: one slice fills the extent
+        return np.repeat(_lerp(profiled, centres[:1], axis), n, axis=axis).astype(array.dtype)
+    slices = _lerp(profiled, centres, axis)
+    back = np.clip((np.arange(n) - phase) / thickness, 0, len(centres) - 1)
+    return _lerp(slices, back, axis).astype(array.dtype)
+
+
+def thick_slice_resample(array: np.ndarray, axis: int, config: AugmentConfig) -> np.ndarray:
+    """One random thick-slice draw along ``axis`` of ``array`` (float32 ``[C, *spatial]``, spatial ``axis``
+    counted from 0), thickness uniform in ``config.thick_slice_mm``, by ``config.thick_slice_profile``.
+    Draws from numpy's global generator, as batchgenerators does."""
+    from batchgenerators.augmentations.resample_augmentations import augment_linear_downsampling_scipy
+
+    low, high = config.thick_slice_mm
+    if config.thick_slice_profile == "point":
+        zoom = [(1.0, 1.0)] * (array.ndim - 1)
+        zoom[axis] = (1.0 / high, 1.0 / low)
+        return augment_linear_downsampling_scipy(
+            array, zoom_range=zoom, per_channel=False, order_downsample=1, order_upsample=1
+        )
+    thickness = np.random.uniform(low, high)
+    return simulate_thick_slices(array, axis + 1, thickness, np.random.uniform(0.0, thickness))
+
+
+class ThickSliceTransform:
+    """Simulated thick slices (:func:`thick_slice_resample`): one spatial axis (2D: either in-plane axis;
+    3D: any) of a sample, with probability ``config.p_thick_slices``. ``axes`` restricts which axes may
+    be chosen."""
+
+    def __init__(self, config: AugmentConfig, axes=None):
+        self.config, self.axes = config, axes
 
     def __call__(self, **batch):
-        from batchgenerators.augmentations.resample_augmentations import augment_linear_downsampling_scipy
-
         data = batch["data"]
         dims = data.ndim - 2
         for b in range(data.shape[0]):
-            if np.random.uniform() >= self.p:
+            if np.random.uniform() >= self.config.p_thick_slices:
                 continue
             axis = int(np.random.choice(self.axes if self.axes is not None else range(dims)))
-            zoom = [(1.0, 1.0)] * dims
-            zoom[axis] = (1.0 / self.slice_mm[1], 1.0 / self.slice_mm[0])
-            data[b] = augment_linear_downsampling_scipy(
-                data[b], zoom_range=zoom, per_channel=False, order_downsample=1, order_upsample=1
-            )
+            data[b] = thick_slice_resample(data[b], axis, self.config)
         return batch
 
 
@@ -156,7 +212,7 @@ def build_transforms(dims: int, patch: int, config: AugmentConfig):
                 p_rot_per_sample=config.p_rotation,
             ),
             BiasFieldTransform(config.bias_coefficients, p_per_sample=config.p_bias_field),
-            ThickSliceTransform(config.thick_slice_mm, p_per_sample=config.p_thick_slices),
+            ThickSliceTransform(config),
             GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=config.p_blur,
                                   p_per_channel=0.5),
             GaussianNoiseTransform(noise_variance=(0.0, 0.1), p_per_sample=config.p_noise),

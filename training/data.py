@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.augment import AugmentConfig, build_transforms, input_size
+from training.augment import AugmentConfig, build_transforms, input_size, thick_slice_resample
 from training.config import TrainConfig
 
 
@@ -121,7 +121,7 @@ class CropSampler:
         half = edge // 2
         if self.dims == 2:
             starts = (y - half, x - half)
-            if self.augment and self.rng.random() < self.augment.p_thick_slices / 2:
+            if self.augment and self.rng.random() < self.augment.p_thick_through_plane:
                 image = self._thick_axial(case, int(s), starts)
             else:
                 image = _crop(case.image[s], starts, edge).astype(np.float32)
@@ -139,19 +139,12 @@ class CropSampler:
 
     def _thick_axial(self, case: CaseArrays, s: int, starts: tuple[int, int]) -> np.ndarray:
         """Slice ``s`` as a 3-6 mm axial acquisition would give it after resampling to 1 mm: the slab of
-        ``2 * SLAB_HALF + 1`` slices around it down-sampled along z and interpolated back (batchgenerators'
-        ``augment_linear_downsampling_scipy``); the centre slice of the result, float32 ``[Y, X, C]``."""
-        from batchgenerators.augmentations.resample_augmentations import augment_linear_downsampling_scipy
-
+        ``2 * SLAB_HALF + 1`` slices around it through :func:`training.augment.thick_slice_resample` along
+        z; the centre slice of the result, float32 ``[Y, X, C]``."""
         assert self.augment is not None
         rows = np.clip(np.arange(s - SLAB_HALF, s + SLAB_HALF + 1), 0, len(case.image) - 1)  # edge-replicated
         slab = np.stack([_crop(case.image[r], starts, self.crop) for r in rows]).astype(np.float32)
-        slab = np.moveaxis(slab, -1, 0)  # [C, Z, Y, X]
-        low, high = self.augment.thick_slice_mm
-        slab = augment_linear_downsampling_scipy(
-            slab, zoom_range=[(1 / high, 1 / low), (1.0, 1.0), (1.0, 1.0)], per_channel=False,
-            order_downsample=1, order_upsample=1,
-        )
+        slab = thick_slice_resample(np.moveaxis(slab, -1, 0), 0, self.augment)  # [C, Z, Y, X]
         return np.moveaxis(slab[:, SLAB_HALF], 0, -1)
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:

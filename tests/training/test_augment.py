@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from segcore.metrics import dice
-from training.augment import AugmentConfig, BiasFieldTransform, ThickSliceTransform, input_size
+from training.augment import (
+    AugmentConfig,
+    BiasFieldTransform,
+    ThickSliceTransform,
+    input_size,
+    simulate_thick_slices,
+)
 from training.calibrate import calibrate
 from training.config import TrainConfig
 from training.data import CaseArrays, CropSampler
@@ -18,7 +24,7 @@ from training.datasets import discover
 
 REPO = Path(__file__).resolve().parents[2]
 NOTHING = {f"p_{k}": 0.0 for k in ("rotation", "scale", "elastic", "bias_field", "gamma", "contrast",
-                                     "brightness", "noise", "blur", "thick_slices")}
+                                     "brightness", "noise", "blur", "thick_slices", "thick_through_plane")}
 
 
 def _bright_tumour_case() -> CaseArrays:
@@ -58,7 +64,8 @@ def test_augmented_batches_are_reproducible_for_a_seed_and_differ_from_plain_one
 def test_thick_slices_remove_detail_along_one_axis_only():
     rng = np.random.default_rng(0)
     data = rng.standard_normal((1, 1, 48, 48, 48)).astype(np.float32)
-    out = ThickSliceTransform((3.0, 6.0), p_per_sample=1.0, axes=[0])(data=data.copy(), seg=None)["data"]
+    config = AugmentConfig(p_thick_slices=1.0)
+    out = ThickSliceTransform(config, axes=[0])(data=data.copy(), seg=None)["data"]
 
     def roughness(array: np.ndarray, axis: int) -> float:
         return float(np.mean(np.diff(array[0, 0], axis=axis) ** 2))
@@ -67,6 +74,40 @@ def test_thick_slices_remove_detail_along_one_axis_only():
     assert roughness(out, 0) < 0.2 * roughness(data, 0)
     # In-plane: untouched detail (each z-slice is a blend of noise slices, so less than 1x, far above z).
     assert roughness(out, 1) > 3 * roughness(out, 0)
+
+
+def test_a_gaussian_slice_profile_averages_neighbouring_planes_like_a_real_thick_slice():
+    column = np.zeros((1, 40), dtype=np.float32)
+    column[0, 20] = 1.0  # one bright 1 mm plane: a thin lesion
+    for phase in (0.0, 1.7, 3.2):
+        out = simulate_thick_slices(column, axis=1, thickness=5.0, phase=phase)
+        assert out.shape == column.shape and out.dtype == np.float32
+        assert 0.05 < out[0, 20] < 0.5  # partial volume: diluted over the slice, never kept as it was
+        assert out[0, 17:24].sum() > 0.6  # and spread to its neighbours, not lost
+        assert np.all(out[0, :10] < 1e-3) and np.all(out[0, 31:] < 1e-3)  # nothing far away
+    flat = np.full((2, 13, 4), 3.0, dtype=np.float32)
+    np.testing.assert_allclose(simulate_thick_slices(flat, axis=1, thickness=6.0, phase=5.9), flat, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("profile", "least_changed"), [("point", 0.25), ("gaussian", 0.9)])
+def test_2d_through_plane_thick_slices_change_the_sampled_slice(profile, least_changed):
+    """Crops of a volume whose axial slices are each one random level: a crop from a simulated thick axial
+    acquisition blends levels. batchgenerators' point sampling ("point", version 2's recipe) hands back an
+    untouched slice for many draws (an odd number of samples puts one on the centre plane); the Gaussian
+    slice profile changes (nearly) every one."""
+    shape = (40, 48, 48)
+    levels = np.random.default_rng(0).uniform(1, 3, shape[0]).astype(np.float16)
+    case = CaseArrays("levels", np.broadcast_to(levels[:, None, None, None], (*shape, 1)),
+                      np.zeros(shape, np.uint8), np.ones(shape, bool))
+
+    def changed(p: float) -> float:
+        config = AugmentConfig(enabled=True, thick_slice_profile=profile, **(NOTHING | {"p_thick_through_plane": p}))
+        centres = CropSampler([case], 32, 0.0, [1], seed=0, dims=2, augment=config).batch(32)[0][:, 16, 16, 0]
+        nearest = np.abs(centres[:, None] - levels[None, :].astype(np.float32)).min(axis=1)
+        return float(np.mean(nearest > 1e-3))
+
+    assert changed(0.0) == 0.0
+    assert least_changed <= changed(1.0) <= (0.75 if profile == "point" else 1.0)
 
 
 def test_the_bias_field_is_smooth_positive_and_leaves_the_background_alone():
