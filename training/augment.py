@@ -1,8 +1,10 @@
 """Training-time augmentation for scanner and protocol variety, built from ``batchgenerators`` (nnU-Net's
 numpy augmentation library, DKFZ) transforms: rotation / scaling / elastic deformation, gamma, contrast,
 brightness, Gaussian noise and blur, and simulated thick slices (one axis down-sampled to 3-6 mm and
-interpolated back, ``augment_linear_downsampling_scipy``). The one transform the library lacks, a smooth
-multiplicative bias field (as in TorchIO's ``RandomBiasField``), is :class:`BiasFieldTransform` below.
+interpolated back, ``augment_linear_downsampling_scipy``). Two things the library lacks are written here: a
+smooth multiplicative bias field (as in TorchIO's ``RandomBiasField``), :class:`BiasFieldTransform`, and
+thick slices with a slice profile (partial volume), :func:`simulate_thick_slices`, chosen by
+``thick_slice_profile = "gaussian"``.
 
 Arrays follow batchgenerators' layout: ``data`` float32 ``[B, C, *spatial]`` (z-scored inside the brain,
 0 outside, as in the shards), ``seg`` ``[B, 2, *spatial]`` holding the label map (channel 0) and the brain
@@ -129,7 +131,8 @@ def simulate_thick_slices(array: np.ndarray, axis: int, thickness: float, phase:
     profiled = gaussian_filter1d(array, sigma=thickness / 2.3548, axis=axis, mode="nearest")
     centres = np.arange(phase, n - 1 + 1e-6, thickness)
     if len(centres) < 2:  # shorter than two slices: one slice fills the extent
-        return np.repeat(_lerp(profiled, centres[:1], axis), n, axis=axis).astype(array.dtype)
+        one = _lerp(profiled, np.array([min(phase, n - 1.0)]), axis)
+        return np.repeat(one, n, axis=axis).astype(array.dtype)
     slices = _lerp(profiled, centres, axis)
     back = np.clip((np.arange(n) - phase) / thickness, 0, len(centres) - 1)
     return _lerp(slices, back, axis).astype(array.dtype)
