@@ -23,7 +23,7 @@ import math
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class AugmentConfig(BaseModel):
@@ -59,6 +59,14 @@ class AugmentConfig(BaseModel):
         "recipe); gaussian: a Gaussian slice profile (FWHM = the slice thickness) at a random slice phase, "
         "see simulate_thick_slices",
     )
+
+    @field_validator("thick_slice_mm")
+    @classmethod
+    def _thicker_than_a_voxel(cls, value: tuple[float, float]) -> tuple[float, float]:
+        """Thick slices are simulated on 1 mm voxels: a range below 1 mm or reversed simulates nothing."""
+        if not 1.0 <= value[0] <= value[1]:
+            raise ValueError(f"thick_slice_mm must be (low, high) with 1 <= low <= high mm, not {value}")
+        return value
 
 
 def input_size(patch: int, config: AugmentConfig) -> int:

@@ -60,6 +60,8 @@ def test_command_line_overrides_are_validated_like_the_file(tmp_path, capsys):
     assert flipped.data.train == plain.data.train  # nothing else moves
     with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
         TrainConfig.load(bundled, ["augmentation.p_thik_slices=0.5"])  # a misspelt key, refused as in the file
+    with pytest.raises(ValueError, match="1 <= low <= high"):
+        TrainConfig.load(bundled, ["augmentation.thick_slice_mm=[0.0, 6.0]"])  # would divide by zero
     with pytest.raises(ValueError, match="not a TOML value"):
         TrainConfig.load(bundled, ["augmentation.thick_slice_profile=gaussian"])  # strings are quoted
     with pytest.raises(ValueError, match="expected dotted.key=value"):
