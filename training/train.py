@@ -29,25 +29,22 @@ def main(argv: list[str] | None = None) -> int:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config value before validation (repeatable), e.g. --set augmentation.enabled=false",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
-    parser.add_argument("--steps", type=int, default=None, help="override optim.steps_per_epoch")
-    parser.add_argument("--models-dir", type=Path, default=None, help="override models_dir")
-    parser.add_argument("--run-dir", type=Path, default=None, help="override run_dir")
+    # Shorthands for the four overrides used most; they go through --set's validation like any other.
+    parser.add_argument("--epochs", type=int, default=None, help="= --set optim.epochs=N")
+    parser.add_argument("--steps", type=int, default=None, help="= --set optim.steps_per_epoch=N")
+    parser.add_argument("--models-dir", type=Path, default=None, help="= --set models_dir=\"DIR\"")
+    parser.add_argument("--run-dir", type=Path, default=None, help="= --set run_dir=\"DIR\"")
     parser.add_argument("--horovod", action="store_true", help="data-parallel under horovodrun (see README)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    shorthands = {"optim.epochs": args.epochs, "optim.steps_per_epoch": args.steps,
+                  "models_dir": args.models_dir, "run_dir": args.run_dir}
+    overrides = [f"{key}={json.dumps(value if isinstance(value, int) else str(value))}"
+                 for key, value in shorthands.items() if value is not None] + args.overrides
     try:
-        config = TrainConfig.load(args.config, args.overrides)
+        config = TrainConfig.load(args.config, overrides)
     except ValueError as error:  # pydantic's ValidationError is a ValueError: unknown keys, bad values
         parser.error(str(error))
-    if args.epochs:
-        config.optim.epochs = args.epochs
-    if args.steps:
-        config.optim.steps_per_epoch = args.steps
-    if args.models_dir:
-        config.models_dir = args.models_dir
-    if args.run_dir:
-        config.run_dir = args.run_dir
     summary = train(config, export=not args.no_export, version=args.version, horovod=args.horovod, quiet=args.quiet)
     if summary["rank"] == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "val_dice_per_case"}, indent=2))

@@ -71,3 +71,6 @@ def test_command_line_overrides_are_validated_like_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # the command says so before TensorFlow starts
         train_main(["--config", str(bundled), "--set", "optim.epochs=0"])
     assert exit_.value.code == 2 and "optim.epochs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the shorthand goes through the same validation
+        train_main(["--config", str(bundled), "--epochs", "0"])
+    assert exit_.value.code == 2 and "optim.epochs" in capsys.readouterr().err
